@@ -1,0 +1,24 @@
+"""One exception type for every user-facing mistake.
+
+Anything the user can fix (a bad flag, a missing file, a wrong path) raises UsageError with a one-line message
+that names the problem and the fix. The CLI entry points catch it, print `error: <message>` to stderr and exit
+with code 2 -- no traceback. Bugs in our own code are not UsageErrors and keep their traceback.
+"""
+import sys
+
+
+class UsageError(Exception):
+    """A problem with the user's input. The message is one line: what is wrong, and how to fix it."""
+
+
+def exit_on_usage_error(main):
+    """Decorator for CLI entry points: UsageError -> one line on stderr, exit code 2."""
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    wrapper.__name__ = main.__name__
+    wrapper.__doc__ = main.__doc__
+    return wrapper

@@ -1,0 +1,68 @@
+"""Atomic file writes and the environment record saved beside every result.
+
+Every file a run or a table command writes goes through these helpers: the content is written to a temporary
+file in the same directory, flushed to disk, then renamed over the target. A reader (or a sweep deciding whether
+a run is complete) therefore sees the previous complete file or the new complete file, never half of one.
+"""
+import json
+import os
+import platform
+import sys
+import tempfile
+from contextlib import contextmanager
+
+
+@contextmanager
+def atomic_open(path, mode="w", **kwargs):
+    """Open a temporary sibling of `path` for writing; rename it over `path` only if the block succeeds."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_save_figure(fig, path, **kwargs):
+    """Save a matplotlib figure atomically (the format is taken from the target's extension)."""
+    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=fmt, **kwargs)
+
+
+def _json_default(o):
+    # numpy scalars and paths show up in configs and metrics; store them as plain JSON values.
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def library_versions():
+    """Versions of everything that can change a number, saved in config.json beside each result."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("torch", "transformers", "datasets", "numpy", "scikit-learn", "scipy", "pandas", "bitfit-glue"):
+        try:
+            from importlib.metadata import version
+            versions[name] = version(name)
+        except Exception:
+            versions[name] = None
+    return versions
