@@ -1,0 +1,185 @@
+"""One run of run_glue.py, top to bottom: check inputs, load data and model, choose the trainable parameters,
+train with dev evaluation after every epoch, and write every output file.
+
+Order matters for the "nothing is lost" rule: everything that can fail because of user input (output dir, data
+files, model path, bias terms) is checked BEFORE the first byte is written.
+"""
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import data, metrics, selection
+from .batching import encode
+from .errors import UsageError
+from .evaluator import GLUEEvaluator
+from .io_utils import atomic_write_json, library_versions
+from .model import load_model, load_tokenizer, resolve_device
+from .plots import plot_bias_heatmap, plot_learning_curves
+from .submission import write_server_file
+from .trainer import build_optimizer, build_scheduler, predict_logits, set_seed, train_epoch
+
+
+def check_output_dir(path):
+    """As the official code: refuse an output directory that already holds something."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UsageError(f"--output-path {path} is a file; give a new or empty directory")
+        if os.listdir(path):
+            raise UsageError(f"--output-path {path} is not empty; choose a new directory (or delete this one) so that "
+                             f"no earlier result is overwritten")
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"--output-path {path}: {probe} is not writable; choose a directory you can write to")
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def bias_changes(model, initial, families):
+    """Mean |b_f - b_0| per family and layer: the quantity of the paper's Figure 1."""
+    params = dict(model.named_parameters())
+    out = {}
+    for family, entries in families.items():
+        out[family] = [float((params[name].detach().float().cpu() - initial[name]).abs().mean()) for _, name in entries]
+    return {"layers": max((len(v) for v in out.values()), default=0), "families": out,
+            "notation": {f: selection.PAPER_NOTATION[f] for f in out}}
+
+
+def run(args):
+    task = data.get_task(args.task_name)
+    device = resolve_device(args.gpu_device)
+
+    # --- inputs: all checked before anything is written -------------------------------------------------------
+    if not args.list_params:
+        check_output_dir(args.output_path)
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(args.model_name)
+    model = load_model(args.model_name, task)  # head initialised from the seeded torch RNG
+    sel = selection.select(model, args.fine_tune_type, args.bias_terms, args.rand_mask_size, args.seed)
+    report = selection.param_report(model, sel, args.bias_terms)
+    if args.list_params:
+        print(selection.format_report(report))
+        return None
+
+    train_df = data.subsample(data.load_split(task.name, "train", args.data_dir), args.train_size, args.seed)
+    eval_dfs = {split: data.load_split(task.name, split, args.data_dir) for split in task.eval_splits}
+    test_dfs = ({split: data.load_split(task.name, split, args.data_dir) for split in task.test_splits}
+                if args.predict_test else {})
+    # Tokenize once per run: every epoch reuses the same token ids.
+    train_enc = encode(tokenizer, train_df, args.max_seq_length)
+    eval_encs = {split: encode(tokenizer, df, args.max_seq_length) for split, df in eval_dfs.items()}
+    if args.eval_train:
+        eval_encs["train"] = train_enc
+
+    # --- model, trainable set, optimizer ------------------------------------------------------------------------
+    selection.apply(model, sel)
+    model.to(device)
+    guard = selection.MaskGuard(model, sel) if sel.masks else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = -(-len(train_enc.lengths) // args.batch_size)
+    optimizer = build_optimizer(trainable, args.optimizer, args.learning_rate, args.weight_decay)
+    scheduler = build_scheduler(optimizer, args.lr_schedule, steps_per_epoch * args.epochs, args.warmup_ratio)
+    scaler = torch.amp.GradScaler("cuda") if (args.precision == "fp16" and device.type == "cuda") else None
+    families = selection.bias_families(model) if args.fine_tune_type == "bitfit" else {}
+    named = dict(model.named_parameters())
+    initial_biases = {name: named[name].detach().float().cpu().clone()
+                      for entries in families.values() for _, name in entries}
+
+    # --- outputs -------------------------------------------------------------------------------------------------
+    out = args.output_path
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "config.json"), {
+        "args": vars(args), "versions": library_versions(), "device": str(device),
+        "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)})
+    atomic_write_json(os.path.join(out, "params.json"), report)
+    results = {
+        "status": "running", "failure_reason": None, "task": task.name, "model_name": args.model_name,
+        "fine_tune_type": args.fine_tune_type, "bias_terms": list(args.bias_terms), "learning_rate": args.learning_rate,
+        "seed": args.seed, "train_size": args.train_size, "num_train_examples": len(train_df),
+        "headline_metric": task.headline, "eval_splits": list(task.eval_splits),
+        "trainable_params": report["trainable_params"], "total_params": report["total_params"],
+        "trainable_share": report["trainable_share"], "paper_param_share": report["paper_param_share"],
+        "epochs": [], "best_epoch": None, "last_epoch": None, "best": None, "last": None,
+        "total_train_time_sec": 0.0, "peak_memory_mb": None,
+    }
+    results_path = os.path.join(out, "results.json")
+    atomic_write_json(results_path, results)
+    if args.verbose:
+        print(selection.format_report(report))
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    progress = not args.no_progress
+    try:
+        for epoch in range(1, args.epochs + 1):
+            # The shuffle of epoch e depends only on (seed, e), so a resumed run sees the same order.
+            generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+            start = time.perf_counter()
+            train_loss = train_epoch(
+                model, train_enc, optimizer, scheduler, guard, batch_size=args.batch_size, generator=generator,
+                device=device, pad_token_id=tokenizer.pad_token_id, is_regression=task.is_regression,
+                precision=args.precision, scaler=scaler, group_by_length=args.group_by_length,
+                trainable_params=trainable, progress=progress, desc=f"epoch {epoch}/{args.epochs}")
+            epoch_time = time.perf_counter() - start
+            epoch_metrics = {}
+            for split, enc in eval_encs.items():
+                logits = predict_logits(model, enc, batch_size=args.eval_batch_size, device=device,
+                                        pad_token_id=tokenizer.pad_token_id, precision=args.precision,
+                                        progress=progress, desc=f"eval {split}")
+                epoch_metrics[split] = metrics.compute_metrics(task.name, metrics.logits_to_predictions(task.name, logits),
+                                                               enc.labels.numpy())
+            results["epochs"].append({"epoch": epoch, "train_loss": train_loss, "epoch_time_sec": epoch_time,
+                                      "eval_time_sec": time.perf_counter() - start - epoch_time,
+                                      "metrics": epoch_metrics})
+            results["total_train_time_sec"] += epoch_time
+            _summarise(results, task)
+            results["peak_memory_mb"] = peak_memory_mb(device)
+            atomic_write_json(results_path, results)
+            headline = epoch_metrics[task.eval_splits[0]][task.headline]
+            print(f"epoch {epoch}: loss {train_loss:.4f}  {task.eval_splits[0]} {task.headline} {headline:.4f}  "
+                  f"({epoch_time:.1f}s)", flush=True)
+    except FloatingPointError as e:
+        results["status"], results["failure_reason"] = "failed", str(e)
+        atomic_write_json(results_path, results)
+        raise
+
+    # --- after training -------------------------------------------------------------------------------------------
+    plot_learning_curves(results, os.path.join(out, "learning_curves.png"))
+    if families:
+        changes = bias_changes(model, initial_biases, families)
+        atomic_write_json(os.path.join(out, "bias_changes.json"), changes)
+        plot_bias_heatmap(changes, os.path.join(out, "bias_changes.png"),
+                          title=f"Change in bias components ({task.name.upper()})")
+    evaluator = GLUEEvaluator(model, tokenizer, task, config=vars(args), history=results["epochs"],
+                              max_seq_length=args.max_seq_length)
+    if args.save_evaluator:
+        evaluator.save(os.path.join(out, "evaluator"))
+    for split, df in test_dfs.items():
+        logits = evaluator.predict(df, batch_size=args.eval_batch_size, precision=args.precision, progress=progress)
+        write_server_file(task.name, split, df["idx"].to_numpy(), metrics.logits_to_predictions(task.name, logits),
+                          os.path.join(out, "test_predictions"), expected_rows=len(df))
+    results["status"] = "complete"
+    atomic_write_json(results_path, results)
+    return results
+
+
+def _summarise(results, task):
+    """Best epoch by the paper's metric on the first dev split (MNLI: matched), and the last epoch."""
+    key = task.eval_splits[0]
+    scores = [e["metrics"][key][task.headline] for e in results["epochs"]]
+    best = int(np.nanargmax(scores)) if not np.all(np.isnan(scores)) else len(scores) - 1
+    results["best_epoch"] = results["epochs"][best]["epoch"]
+    results["last_epoch"] = results["epochs"][-1]["epoch"]
+    results["best"] = results["epochs"][best]["metrics"]
+    results["last"] = results["epochs"][-1]["metrics"]
