@@ -377,6 +377,10 @@ def param_report(model, selection, bias_terms=None):
         "trainable_base_percent": pct(base_trainable),
         "paper_percent_param": paper,
         "paper_percent_param_str": f"{paper:.2f}%",
+        # The names results.json and the tables use (percentages, of the base model like everything above).
+        "total_params": base_total + sum(params[n].numel() for n in head),
+        "trainable_share": pct(base_trainable),
+        "paper_param_share": paper,
     }
 
 

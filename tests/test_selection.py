@@ -167,6 +167,9 @@ def test_paper_percent_bert_base_and_large():
     rep = S.param_report(large, S.select(large, "bitfit"))
     assert rep["paper_percent_param_str"] == "0.08%"
     assert rep["base_model_params"] == 333_579_264 and rep["trainable_base_params"] == 272_384
+    assert rep["total_params"] == 333_579_264 + 1024 * 2 + 2
+    assert rep["paper_param_share"] == pytest.approx(100 * 270_336 / 333_579_264)
+    assert rep["trainable_share"] == pytest.approx(100 * 272_384 / 333_579_264)
 
 
 def test_roberta_base_counts():
