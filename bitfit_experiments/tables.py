@@ -96,16 +96,22 @@ def load_runs(runs_dir):
             continue
         ft = args.get("fine_tune_type", results.get("fine_tune_type"))
         terms = args.get("bias_terms", results.get("bias_terms"))
-        runs.append({
-            "path": root,
-            "model": model_tag(args.get("model_name", results.get("model_name"))),
-            "method": method_name(ft, terms),
-            "task": args.get("task_name", results.get("task")),
-            "lr": float(args.get("learning_rate", results.get("learning_rate"))),
-            "seed": args.get("seed", results.get("seed")),
-            "train_size": args.get("train_size", results.get("train_size")),
-            "results": results,
-        })
+        try:
+            run = {
+                "path": root,
+                "model": model_tag(args.get("model_name", results.get("model_name"))),
+                "method": method_name(ft, terms),
+                "task": args.get("task_name", results.get("task")),
+                "lr": float(args.get("learning_rate", results.get("learning_rate"))),
+                "seed": args.get("seed", results.get("seed")),
+                "train_size": args.get("train_size", results.get("train_size")),
+                "results": results,
+            }
+            run_scores(results, "best")  # a "complete" record we cannot score is reported, not crashed on
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            ignored.append({"path": root, "status": "malformed", "reason": f"{type(e).__name__}: {e}"})
+            continue
+        runs.append(run)
     return runs, ignored
 
 
