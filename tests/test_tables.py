@@ -164,3 +164,36 @@ def test_usage_errors(tmp_path):
     make_run(str(tmp_path), "x", "rte", "bitfit", 1e-3, 0, [0.5], status="failed")
     with pytest.raises(UsageError):
         tables.main([str(tmp_path)])
+
+
+def test_claims_from_the_same_aggregation(tmp_path, capsys):
+    from bitfit_experiments import claims
+    r = str(tmp_path)
+    fams = {"query": [0.3, 0.5], "intermediate": [0.4, 0.4], "key": [0.0, 0.0], "value": [0.1, 0.1]}
+    make_run(r, "1", "rte", "full_ft", 2e-5, 0, [0.70])
+    make_run(r, "2", "mrpc", "full_ft", 2e-5, 0, [0.10])  # BitFit has no MRPC: must not enter the comparison
+    make_run(r, "3", "rte", "bitfit", 1e-3, 0, [0.71], bias_changes={"layers": 2, "families": fams})
+    make_run(r, "4", "rte", "bitfit", 1e-3, 0, [0.70], bias_terms=["intermediate", "query"])
+    make_run(r, "5", "rte", "bitfit", 1e-3, 0, [0.65], bias_terms=["intermediate"])
+    make_run(r, "6", "rte", "bitfit", 1e-3, 0, [0.72], bias_terms=["query"])
+    make_run(r, "7", "rte", "frozen", 1e-3, 0, [0.60])
+    make_run(r, "8", "rte", "rand_row_col", 1e-3, 0, [0.75])
+    got = {c: (s, d) for _, c, s, d in claims.check_claims(r)}
+    status = {c.split(" (")[0]: s for c, (s, _) in got.items()}
+    assert status == {
+        "BitFit matches Full-FT on average": "HOLDS",
+        "b_m2, b_q alone is close to BitFit": "HOLDS",
+        "b_m2 alone is lower than b_m2, b_q": "HOLDS",
+        "b_q alone is lower than b_m2, b_q": "FAILS",
+        "random uniform parameters": "UNTESTED",
+        "random rows/columns": "FAILS",
+        "Frozen is far below BitFit": "HOLDS",
+        "[rte] heatmap: b_k changes least": "HOLDS",
+        "[rte] heatmap: b_q and b_m2 change most": "HOLDS",
+    }
+    detail = next(d for c, (s, d) in got.items() if c.startswith("BitFit matches"))
+    assert "BitFit 71.0 vs Full-FT 70.0 (+1.0) over 1 tasks (rte)" in detail
+    assert "paper (BERT-base) on the same tasks: BitFit 72.3 vs Full-FT 70.5" in detail
+    claims.main([r, "--out", str(tmp_path / "claims.txt")])
+    assert capsys.readouterr().out == (tmp_path / "claims.txt").read_text()
+    assert "summary: 6 holds, 2 fails, 1 untested" in (tmp_path / "claims.txt").read_text()

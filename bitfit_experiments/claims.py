@@ -1,0 +1,127 @@
+"""Does the paper hold on our runs? Claim by claim, from the same aggregation as the tables.
+
+    python -m bitfit_experiments.claims RUNS_DIR [--epoch-selection best|last] [--out FILE]
+
+Each claim prints HOLDS, FAILS or UNTESTED (the runs it needs are missing) with the numbers behind it and the
+paper's own numbers on the same tasks (BERT-base, Table 3). Averages are the paper's Avg. (MNLI m/mm as one
+task) over the tasks BOTH compared methods have, so a missing task never tilts a comparison.
+The "close" and "far" thresholds below are ours -- the paper says "marginally lower", "much worse" in words.
+"""
+import argparse
+
+from . import tables
+from .errors import UsageError, exit_on_usage_error
+from .figures import mean_bias_changes
+from .io_utils import atomic_write_text
+
+CLOSE = 1.5     # points of Avg.: "comparable" / "only marginally lower" (paper: BitFit +0.1, b_m2,b_q -1.3)
+FAR = 5.0       # points of Avg.: "much worse" (paper: Frozen -20.3 below BitFit)
+PAPER_MODEL = "bert-base-cased"
+
+
+def _avg_pair(rows, model, a, b):
+    """Avg. of methods a and b over the tasks both have -> (avg a, avg b, tasks) or None."""
+    if (model, a) not in rows or (model, b) not in rows:
+        return None
+    va, vb = tables.column_values(rows[(model, a)]), tables.column_values(rows[(model, b)])
+    tasks = [t for t in tables.TASKS if t in rows[(model, a)] and t in rows[(model, b)]]
+    if not tasks:
+        return None
+    return tables.task_average(va, tasks)[0], tables.task_average(vb, tasks)[0], tasks
+
+
+def _paper_pair(paper, a, b, tasks):
+    pa, pb = paper.get((PAPER_MODEL, a)), paper.get((PAPER_MODEL, b))
+    if pa is None or pb is None:
+        return ""
+    return (f"; paper (BERT-base) on the same tasks: {a} {tables.task_average(pa['mean'], tasks)[0]:.1f} vs "
+            f"{b} {tables.task_average(pb['mean'], tasks)[0]:.1f}")
+
+
+def compare(rows, paper, model, a, b, test, claim):
+    """One claim about Avg.(a) - Avg.(b): `test(diff)` -> bool."""
+    pair = _avg_pair(rows, model, a, b)
+    if pair is None:
+        missing = [m for m in (a, b) if (model, m) not in rows] or [f"{a}/{b} on a common task"]
+        return claim, "UNTESTED", f"no runs of {', '.join(missing)}"
+    va, vb, tasks = pair
+    detail = (f"{a} {va:.1f} vs {b} {vb:.1f} ({va - vb:+.1f}) over {len(tasks)} tasks ({' '.join(tasks)})"
+              + _paper_pair(paper, a, b, tasks))
+    return claim, "HOLDS" if test(va - vb) else "FAILS", detail
+
+
+def heatmap_claims(cells, model):
+    """b_k changes least; b_q and b_m2 change most (the two largest), per task with BitFit bias changes."""
+    out = []
+    for cell in sorted(cells.values(), key=lambda c: c["task"]):
+        if cell["model"] != model or cell["method"] != "BitFit" or cell["train_size"] is not None:
+            continue
+        changes = mean_bias_changes(cell)
+        if changes is None:
+            continue
+        fams = changes["families"]
+        notation = changes.get("notation") or tables.NOTATION
+        avg = {f: sum(v) / len(v) for f, v in fams.items()}
+        ranked = sorted(avg, key=lambda f: -avg[f])
+        names = " > ".join(f"{notation.get(f, f)} {avg[f]:.2g}" for f in ranked)
+        least = ranked[-1] == "key"
+        most = set(ranked[:2]) == {"query", "intermediate"}
+        out.append((f"[{cell['task']}] heatmap: b_k changes least", "HOLDS" if least else "FAILS", names))
+        out.append((f"[{cell['task']}] heatmap: b_q and b_m2 change most", "HOLDS" if most else "FAILS", names))
+    if not out:
+        out.append(("heatmap: b_k least, b_q and b_m2 most", "UNTESTED", "no BitFit run wrote bias_changes.json"))
+    return out
+
+
+def check_claims(runs_dir, selection="best"):
+    """-> list of (model, claim, status, detail)."""
+    runs, _ = tables.load_runs(runs_dir)
+    if not runs:
+        raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
+    cells = tables.aggregate(runs, selection)
+    rows = tables.table_rows(cells)
+    paper = tables.load_paper(3)
+    results = []
+    for model in sorted({m for m, _ in rows}):
+        claims = [
+            compare(rows, paper, model, "BitFit", "Full-FT", lambda d: d >= -CLOSE,
+                    f"BitFit matches Full-FT on average (within {CLOSE} points or better)"),
+            compare(rows, paper, model, "b_m2, b_q", "BitFit", lambda d: d >= -CLOSE,
+                    f"b_m2, b_q alone is close to BitFit (within {CLOSE} points)"),
+            compare(rows, paper, model, "b_m2", "b_m2, b_q", lambda d: d < 0, "b_m2 alone is lower than b_m2, b_q"),
+            compare(rows, paper, model, "b_q", "b_m2, b_q", lambda d: d < 0, "b_q alone is lower than b_m2, b_q"),
+            compare(rows, paper, model, "rand uniform", "BitFit", lambda d: d < 0,
+                    "random uniform parameters (same budget) are below BitFit"),
+            compare(rows, paper, model, "rand row/col", "BitFit", lambda d: d < 0,
+                    "random rows/columns (same budget) are below BitFit"),
+            compare(rows, paper, model, "Frozen", "BitFit", lambda d: d <= -FAR,
+                    f"Frozen is far below BitFit (by {FAR} points or more)"),
+        ] + heatmap_claims(cells, model)
+        results += [(model, *c) for c in claims]
+    return results
+
+
+def render(results, selection):
+    lines = [f"Paper claims on these runs (epoch selection: {selection}; Avg. over the tasks both sides have)", ""]
+    for model, claim, status, detail in results:
+        lines.append(f"{status:9s} {model}: {claim}")
+        lines.append(f"          {detail}")
+    counts = {s: sum(r[2] == s for r in results) for s in ("HOLDS", "FAILS", "UNTESTED")}
+    lines += ["", "summary: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.claims", description=__doc__.split("\n")[0])
+    ap.add_argument("runs_dir")
+    ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
+    ap.add_argument("--out", default=None, help="also write the report to this file")
+    args = ap.parse_args(argv)
+    text = render(check_claims(args.runs_dir, args.epoch_selection), args.epoch_selection)
+    if args.out:
+        atomic_write_text(args.out, text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    exit_on_usage_error(main)()

@@ -1,0 +1,50 @@
+"""Figures written from small synthetic run directories."""
+import json
+import os
+
+from bitfit_experiments import figures
+from test_tables import make_run
+
+FAMILIES = ["query", "key", "value", "attention_output", "attention_layernorm", "intermediate", "output",
+            "output_layernorm"]
+
+
+def changes(scale):
+    return {"layers": 3, "families": {f: [scale * (i + 1) * (0.0 if f == "key" else 1.0) for i in range(3)]
+                                      for f in FAMILIES},
+            "notation": {"query": "b_q", "key": "b_k", "intermediate": "b_m2"}}
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_all_three_figures(tmp_path):
+    r = str(tmp_path / "runs")
+    for seed in (0, 1):
+        make_run(r, f"b/{seed}", "rte", "bitfit", 1e-3, seed, [0.6, 0.7], train=[0.7, 0.75],
+                 bias_changes=changes(1.0 + seed))
+        make_run(r, f"f/{seed}", "rte", "full_ft", 2e-5, seed, [0.65, 0.66], train=[0.9, 1.0])
+        for size in (100, 300):
+            make_run(r, f"n{size}/b{seed}", "rte", "bitfit", 1e-3, seed, [0.5 + size / 1e4], train_size=size)
+            make_run(r, f"n{size}/f{seed}", "rte", "full_ft", 2e-5, seed, [0.45 + size / 1e4], train_size=size)
+    # a BitFit run at a losing learning rate: its bias changes must not enter the average
+    make_run(r, "b/lose", "rte", "bitfit", 1e-4, 0, [0.1], bias_changes=changes(100.0))
+    out = str(tmp_path / "fig")
+    written = figures.make_figures(r, out)
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == ["bias_change_bert-base-cased_rte.png", "generalization_gap_bert-base-cased_rte.png",
+                     "train_size_bert-base-cased_rte.png"]
+    assert all(is_png(p) for p in written)
+    with open(os.path.join(out, "bias_change_bert-base-cased_rte.json")) as f:
+        avg = json.load(f)
+    assert avg["seeds"] == 2 and avg["learning_rate"] == 1e-3
+    assert avg["families"]["query"] == [1.5, 3.0, 4.5]  # mean of scales 1 and 2, the 1e-4 run left out
+
+
+def test_nothing_to_draw_is_not_an_error(tmp_path, capsys):
+    r = str(tmp_path / "runs")
+    make_run(r, "a", "mrpc", "frozen", 1e-3, 0, [0.8])
+    figures.main([r, "--out", str(tmp_path / "fig")])
+    assert "no figure applies" in capsys.readouterr().out
