@@ -11,7 +11,7 @@ import argparse
 
 from . import tables
 from .errors import UsageError, exit_on_usage_error
-from .figures import mean_bias_changes
+from .figures import mean_bias_changes, table_cells
 from .io_utils import atomic_write_text
 
 CLOSE = 1.5     # points of Avg.: "comparable" / "only marginally lower" (paper: BitFit +0.1, b_m2,b_q -1.3)
@@ -42,8 +42,8 @@ def compare(rows, paper, model, a, b, test, claim):
     """One claim about Avg.(a) - Avg.(b): `test(diff)` -> bool."""
     pair = _avg_pair(rows, model, a, b)
     if pair is None:
-        missing = [m for m in (a, b) if (model, m) not in rows] or [f"{a}/{b} on a common task"]
-        return claim, "UNTESTED", f"no runs of {', '.join(missing)}"
+        missing = [f'"{m}"' for m in (a, b) if (model, m) not in rows]
+        return claim, "UNTESTED", (f"no runs of {' and '.join(missing)}" if missing else f'"{a}" and "{b}" share no task')
     va, vb, tasks = pair
     detail = (f"{a} {va:.1f} vs {b} {vb:.1f} ({va - vb:+.1f}) over {len(tasks)} tasks ({' '.join(tasks)})"
               + _paper_pair(paper, a, b, tasks))
@@ -53,8 +53,8 @@ def compare(rows, paper, model, a, b, test, claim):
 def heatmap_claims(cells, model):
     """b_k changes least; b_q and b_m2 change most (the two largest), per task with BitFit bias changes."""
     out = []
-    for cell in sorted(cells.values(), key=lambda c: c["task"]):
-        if cell["model"] != model or cell["method"] != "BitFit" or cell["train_size"] is not None:
+    for cell in sorted(table_cells(cells), key=lambda c: c["task"]):
+        if cell["model"] != model or cell["method"] != "BitFit":
             continue
         changes = mean_bias_changes(cell)
         if changes is None:

@@ -48,11 +48,17 @@ def mean_bias_changes(cell):
             "seeds": len(found), "learning_rate": cell["lr"]}
 
 
+def table_cells(cells):
+    """The cells the table reports: one per (model, method, task), the full training set or its largest subset
+    (the CPU preset trains SST-2 on a subset; a training-size sweep has several)."""
+    return [cell for row in tables.table_rows(cells).values() for cell in row.values()]
+
+
 def bias_heatmaps(cells, out):
     from .plots import plot_bias_heatmap  # the run-level plotting module; imported late so this module loads alone
     written = []
-    for cell in cells.values():
-        if cell["method"] != "BitFit" or cell["train_size"] is not None:
+    for cell in table_cells(cells):
+        if cell["method"] != "BitFit":
             continue
         changes = mean_bias_changes(cell)
         if changes is None:
@@ -119,8 +125,8 @@ def _curve(results_list, split):
 def generalization_gap(cells, results_by_path, out):
     plt = _plt()
     pairs = {}
-    for cell in cells.values():
-        if cell["method"] in ("Full-FT", "BitFit") and cell["train_size"] is None:
+    for cell in table_cells(cells):
+        if cell["method"] in ("Full-FT", "BitFit"):
             runs = [results_by_path[p] for p in cell["runs"]]
             if all(r["epochs"] and "train" in r["epochs"][0]["metrics"] for r in runs):
                 pairs.setdefault((cell["model"], cell["task"]), {})[cell["method"]] = (cell, runs)

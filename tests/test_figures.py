@@ -48,3 +48,11 @@ def test_nothing_to_draw_is_not_an_error(tmp_path, capsys):
     make_run(r, "a", "mrpc", "frozen", 1e-3, 0, [0.8])
     figures.main([r, "--out", str(tmp_path / "fig")])
     assert "no figure applies" in capsys.readouterr().out
+
+
+def test_subset_trained_task_still_gets_its_heatmap(tmp_path):
+    # the CPU preset trains SST-2 on a fixed subset only: that cell is the table's, so it is drawn
+    r = str(tmp_path / "runs")
+    make_run(r, "s", "sst2", "bitfit", 1e-3, 0, [0.8], train_size=2000, bias_changes=changes(1.0))
+    written = figures.make_figures(r, str(tmp_path / "fig"))
+    assert [os.path.basename(p) for p in written] == ["bias_change_bert-base-cased_sst2.png"]
