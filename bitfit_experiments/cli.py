@@ -78,6 +78,12 @@ def build_parser():
                    help="autocast precision of forward/backward; trainable parameters stay fp32 (fp16: CUDA only)")
     t.add_argument("--list-params", action="store_true",
                    help="print the trainable-parameter report (per bias family: tensors, parameters, share) and exit")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-path from its last completed epoch (same flags required); "
+                   "a complete run is left as it is, a new or empty directory starts from scratch")
+    t.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
+                   help="save an epoch-end checkpoint (trainable tensors, optimizer, RNG states) for --resume; "
+                   "removed when the run completes")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     return p
 

@@ -4,6 +4,7 @@ train with dev evaluation after every epoch, and write every output file.
 Order matters for the "nothing is lost" rule: everything that can fail because of user input (output dir, data
 files, model path, bias terms) is checked BEFORE the first byte is written.
 """
+import json
 import os
 import resource
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from . import data, metrics, selection
+from .checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
 from .batching import encode
 from .errors import UsageError
 from .evaluator import GLUEEvaluator
@@ -57,13 +59,56 @@ def bias_changes(model, initial, families):
             "notation": {f: selection.PAPER_NOTATION[f] for f in out}}
 
 
-def run(args):
+# Flags that may differ between a run and its resumption without changing its numbers.
+_RESUME_NEUTRAL = {"resume", "checkpoint", "verbose", "no_progress", "gpu_device", "eval_batch_size", "save_evaluator",
+                   "predict_test", "output_path"}
+
+
+def _check_resumable(out, args):
+    """--resume: the directory must hold a run of the same configuration. Returns the saved results or None."""
+    config_path, results_path = os.path.join(out, "config.json"), os.path.join(out, "results.json")
+    if not os.path.exists(config_path):
+        if os.path.isdir(out) and os.listdir(out):
+            raise UsageError(f"--resume {out}: the directory holds no run (no config.json); give the run's own "
+                             f"output directory or a new one")
+        return None
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            saved_args = json.load(f)["args"]
+    except (ValueError, KeyError):
+        raise UsageError(f"--resume: {config_path} is damaged; delete the directory to start the run again") from None
+    current = vars(args)
+    diff = sorted(k for k in set(saved_args) | set(current) if k not in _RESUME_NEUTRAL
+                  and saved_args.get(k) != current.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: saved {saved_args.get(k)!r} vs now {current.get(k)!r}" for k in diff[:3])
+        raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
+                         f"flags or use a new output directory")
+    if os.path.exists(results_path):
+        try:
+            with open(results_path, encoding="utf-8") as f:
+                return json.load(f)
+        except ValueError:
+            return None  # a damaged results.json is rebuilt from the checkpoint
+    return None
+
+
+def run(args, return_evaluator=False):
+    """Train and evaluate one configuration; returns results.json's content (and the evaluator if asked)."""
     task = data.get_task(args.task_name)
     device = resolve_device(args.gpu_device)
+    out = args.output_path
 
     # --- inputs: all checked before anything is written -------------------------------------------------------
+    previous = None
     if not args.list_params:
-        check_output_dir(args.output_path)
+        if args.resume:
+            previous = _check_resumable(out, args)
+            if previous and previous.get("status") == "complete":
+                print(f"{out}: this run is already complete; nothing to do")
+                return (previous, None) if return_evaluator else previous
+        else:
+            check_output_dir(out)
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name)
     model = load_model(args.model_name, task)  # head initialised from the seeded torch RNG
@@ -71,7 +116,7 @@ def run(args):
     report = selection.param_report(model, sel, args.bias_terms)
     if args.list_params:
         print(selection.format_report(report))
-        return None
+        return (None, None) if return_evaluator else None
 
     train_df = data.subsample(data.load_split(task.name, "train", args.data_dir), args.train_size, args.seed)
     eval_dfs = {split: data.load_split(task.name, split, args.data_dir) for split in task.eval_splits}
@@ -97,13 +142,6 @@ def run(args):
     initial_biases = {name: named[name].detach().float().cpu().clone()
                       for entries in families.values() for _, name in entries}
 
-    # --- outputs -------------------------------------------------------------------------------------------------
-    out = args.output_path
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(os.path.join(out, "config.json"), {
-        "args": vars(args), "versions": library_versions(), "device": str(device),
-        "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)})
-    atomic_write_json(os.path.join(out, "params.json"), report)
     results = {
         "status": "running", "failure_reason": None, "task": task.name, "model_name": args.model_name,
         "fine_tune_type": args.fine_tune_type, "bias_terms": list(args.bias_terms), "learning_rate": args.learning_rate,
@@ -112,8 +150,25 @@ def run(args):
         "trainable_params": report["trainable_params"], "total_params": report["total_params"],
         "trainable_share": report["trainable_share"], "paper_param_share": report["paper_param_share"],
         "epochs": [], "best_epoch": None, "last_epoch": None, "best": None, "last": None,
-        "total_train_time_sec": 0.0, "peak_memory_mb": None,
+        "total_train_time_sec": 0.0, "peak_memory_mb": None, "resumed_after_epochs": [],
     }
+    start_epoch = 1
+    ckpt = load_checkpoint(out) if args.resume and os.path.isdir(out) else None
+    if ckpt is not None:
+        done, saved = restore_checkpoint(ckpt, model=model, trainable_names=sel.trainable, optimizer=optimizer,
+                                         scheduler=scheduler)
+        results = saved
+        results["status"] = "running"
+        results["resumed_after_epochs"] = results.get("resumed_after_epochs", []) + [done]
+        start_epoch = done + 1
+        print(f"resuming {out} after epoch {done}", flush=True)
+
+    # --- outputs -------------------------------------------------------------------------------------------------
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "config.json"), {
+        "args": vars(args), "versions": library_versions(), "device": str(device),
+        "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)})
+    atomic_write_json(os.path.join(out, "params.json"), report)
     results_path = os.path.join(out, "results.json")
     atomic_write_json(results_path, results)
     if args.verbose:
@@ -122,7 +177,7 @@ def run(args):
     # --- the loop -------------------------------------------------------------------------------------------------
     progress = not args.no_progress
     try:
-        for epoch in range(1, args.epochs + 1):
+        for epoch in range(start_epoch, args.epochs + 1):
             # The shuffle of epoch e depends only on (seed, e), so a resumed run sees the same order.
             generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
             start = time.perf_counter()
@@ -144,7 +199,10 @@ def run(args):
                                       "metrics": epoch_metrics})
             results["total_train_time_sec"] += epoch_time
             _summarise(results, task)
-            results["peak_memory_mb"] = peak_memory_mb(device)
+            results["peak_memory_mb"] = max(results["peak_memory_mb"] or 0.0, peak_memory_mb(device))
+            if args.checkpoint and epoch < args.epochs:
+                save_checkpoint(out, epoch=epoch, model=model, trainable_names=sel.trainable, optimizer=optimizer,
+                                scheduler=scheduler, results=results)
             atomic_write_json(results_path, results)
             headline = epoch_metrics[task.eval_splits[0]][task.headline]
             print(f"epoch {epoch}: loss {train_loss:.4f}  {task.eval_splits[0]} {task.headline} {headline:.4f}  "
@@ -171,7 +229,8 @@ def run(args):
                           os.path.join(out, "test_predictions"), expected_rows=len(df))
     results["status"] = "complete"
     atomic_write_json(results_path, results)
-    return results
+    remove_checkpoint(out)
+    return (results, evaluator) if return_evaluator else results
 
 
 def _summarise(results, task):

@@ -39,3 +39,51 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_tokenizer_no_segments():
     return make_tiny_tokenizer(token_type_ids=False)
+
+
+# ---------------------------------------------------------------------------------------------- tiny runs of the CLI
+
+def write_tiny_rte(root, n_train=64, n_dev=24, n_test=16, seed=0):
+    """An RTE folder in the official layout with tiny-vocabulary sentences and a learnable rule:
+    sentence2 containing 'not' -> not_entailment."""
+    import random
+    rng = random.Random(seed)
+    words = [w for w in _TINY_WORDS if w not in ("not", ".", ",", "?", "!")]
+    os.makedirs(os.path.join(root, "RTE"), exist_ok=True)
+
+    def rows(n, labelled):
+        out = []
+        for i in range(n):
+            s1 = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) + " ."
+            neg = rng.random() < 0.5
+            s2 = " ".join(rng.choice(words) for _ in range(rng.randint(2, 6)))
+            s2 = (s2 + " not ." if neg else s2 + " .")
+            out.append([str(i), s1, s2] + ([("not_entailment" if neg else "entailment")] if labelled else []))
+        return out
+
+    for split, n, labelled in [("train", n_train, True), ("dev", n_dev, True), ("test", n_test, False)]:
+        header = ["index", "sentence1", "sentence2"] + (["label"] if labelled else [])
+        with open(os.path.join(root, "RTE", f"{split}.tsv"), "w", encoding="utf-8") as f:
+            for r in [header] + rows(n, labelled):
+                f.write("\t".join(r) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random BERT saved as a plain Hugging Face folder (config + safetensors + tokenizer), like a hub model."""
+    import torch
+    from transformers import BertConfig, BertModel
+    path = str(tmp_path_factory.mktemp("tiny_bert"))
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(1234)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_glue_dir(tmp_path_factory):
+    return write_tiny_rte(str(tmp_path_factory.mktemp("tiny_glue")))

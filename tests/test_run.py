@@ -1,0 +1,90 @@
+"""A whole run through the CLI on a tiny random BERT and a tiny RTE-format dataset: outputs, evaluator round trip,
+determinism, NaN handling, and the trainable set surviving training (frozen weights bit-identical)."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bitfit_experiments import cli, data
+from bitfit_experiments.evaluator import GLUEEvaluator
+from bitfit_experiments.experiment import run
+
+
+def tiny_args(out, model_dir, glue_dir, *extra):
+    return cli.validate(cli.build_parser().parse_args(
+        ["-o", str(out), "-t", "rte", "-m", model_dir, "--data-dir", glue_dir, "-e", "2", "-b", "8",
+         "--no-progress", *extra]))
+
+
+@pytest.mark.parametrize("ftype", ["bitfit", "full_ft", "frozen", "rand_uniform", "rand_row_col"])
+def test_every_type_runs_and_writes_outputs(tmp_path, tiny_model_dir, tiny_glue_dir, ftype):
+    args = tiny_args(tmp_path / "o", tiny_model_dir, tiny_glue_dir, "-f", ftype, "-l", "1e-3")
+    results = run(args)
+    out = tmp_path / "o"
+    assert results["status"] == "complete"
+    for name in ["config.json", "params.json", "results.json", "learning_curves.png"]:
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "bias_changes.png").exists() == (ftype == "bitfit")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "complete" and len(saved["epochs"]) == 2
+    assert saved["best_epoch"] in (1, 2) and saved["last_epoch"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["fine_tune_type"] == ftype and config["versions"]["torch"]
+    assert not (out / "checkpoint.safetensors").exists()  # removed once complete
+
+
+def test_frozen_weights_bit_identical_after_training(tmp_path, tiny_model_dir, tiny_glue_dir):
+    """BitFit on the CLI path: every weight outside the bias set is bit-identical to the base after training."""
+    from transformers import AutoModel
+    args = tiny_args(tmp_path / "o", tiny_model_dir, tiny_glue_dir, "-f", "bitfit", "--bias-terms", "query",
+                     "intermediate", "-l", "1e-2", "--save-evaluator")
+    run(args)
+    base = dict(AutoModel.from_pretrained(tiny_model_dir).named_parameters())
+    trained = dict(GLUEEvaluator.load(str(tmp_path / "o" / "evaluator")).model.base_model.named_parameters())
+    changed = {n for n in base if not torch.equal(base[n], trained[n])}
+    assert changed, "training changed nothing"
+    allowed = {n for n in base if n.endswith(("attention.self.query.bias", "intermediate.dense.bias", "pooler.dense.bias"))}
+    assert changed <= allowed
+    assert any("query.bias" in n for n in changed) and any("intermediate.dense.bias" in n for n in changed)
+
+
+def test_evaluator_round_trip_predicts_identically(tmp_path, tiny_model_dir, tiny_glue_dir):
+    args = tiny_args(tmp_path / "o", tiny_model_dir, tiny_glue_dir, "-f", "bitfit", "--save-evaluator", "--predict-test")
+    results, evaluator = run(args, return_evaluator=True)
+    dev = data.load_split("rte", "dev", tiny_glue_dir)
+    loaded = GLUEEvaluator.load(str(tmp_path / "o" / "evaluator"))
+    assert np.array_equal(evaluator.predict(dev), loaded.predict(dev))
+    assert loaded.evaluate(dev) == results["last"]["dev"]
+    assert loaded.history == results["epochs"] and loaded.task.name == "rte"
+    # the server file holds exactly what the restored evaluator predicts on the test split
+    test = data.load_split("rte", "test", tiny_glue_dir)
+    server = pd.read_csv(tmp_path / "o" / "test_predictions" / "RTE.tsv", sep="\t")
+    labels = np.array(["entailment", "not_entailment"])[loaded.predict(test).argmax(-1)]
+    assert list(server["prediction"]) == list(labels) and list(server["index"]) == list(test["idx"])
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_model_dir, tiny_glue_dir):
+    a = run(tiny_args(tmp_path / "a", tiny_model_dir, tiny_glue_dir, "-f", "rand_uniform", "-s", "3"))
+    b = run(tiny_args(tmp_path / "b", tiny_model_dir, tiny_glue_dir, "-f", "rand_uniform", "-s", "3"))
+    c = run(tiny_args(tmp_path / "c", tiny_model_dir, tiny_glue_dir, "-f", "rand_uniform", "-s", "4"))
+    strip = lambda r: [(e["train_loss"], e["metrics"]) for e in r["epochs"]]
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_non_finite_loss_stops_the_run_as_failed(tmp_path, tiny_model_dir, tiny_glue_dir):
+    args = tiny_args(tmp_path / "o", tiny_model_dir, tiny_glue_dir, "-f", "full_ft", "-l", "1e20", "--optimizer", "adam")
+    with pytest.raises(FloatingPointError):
+        run(args)
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["status"] == "failed" and "loss became" in saved["failure_reason"]
+
+
+def test_list_params_prints_report_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    cli.main(["-t", "rte", "-m", tiny_model_dir, "-f", "bitfit", "--bias-terms", "query", "--list-params"])
+    text = capsys.readouterr().out
+    assert "b_q" in text and "paper %Param" in text
+    assert not os.listdir(tmp_path)
