@@ -64,15 +64,45 @@ def to_device(batch, device):
     return batch
 
 
+def train_step(model, batch, optimizer, scheduler, guard, params, *, device, is_regression, precision="fp32",
+               scaler=None, max_grad_norm=1.0):
+    """One optimizer step on one collated batch (already on the device). Returns the loss as a device tensor
+    (no host sync). The step is: forward -> loss -> backward -> zero the gradients outside random masks -> clip at
+    1.0 -> optimizer step -> restore the masked-out entries (so Adam state or weight decay cannot move them) ->
+    zero grad."""
+    labels = batch.pop("labels")
+    with autocast_context(device, precision):
+        logits = model(**batch).logits
+    loss = compute_loss(logits, labels, is_regression)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if guard is not None:
+        guard.zero_masked_grads()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    if guard is not None:
+        guard.restore()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def train_epoch(model, enc, optimizer, scheduler, guard, *, batch_size, generator, device, pad_token_id,
                 is_regression, precision="fp32", scaler=None, group_by_length=True, max_grad_norm=1.0,
-                trainable_params=None, progress=True, desc="train"):
+                trainable_params=None, progress=True, desc="train", collate_fn=collate):
     """One pass over the training split. Returns the mean training loss.
 
-    The step is: forward -> loss -> backward -> zero the gradients outside random masks -> clip at 1.0 ->
-    optimizer step -> restore the masked-out entries (so Adam state or weight decay cannot move them) -> zero grad.
     The running loss stays on the device; the host reads it only every `sync_every` steps, so the GPU is never
     stalled by a per-step `.item()`. A non-finite loss stops the run (checked at those reads and at the end).
+    `collate_fn(enc, indices, pad_token_id)` builds a batch: `batching.collate` (dynamic padding), a
+    `functools.partial(collate, pad_to=128)` for the official fixed padding, or `features.collate_features`.
     """
     model.train()
     order = batch_order(enc.lengths, batch_size, shuffle=True, generator=generator, group_by_length=group_by_length)
@@ -81,29 +111,10 @@ def train_epoch(model, enc, optimizer, scheduler, guard, *, batch_size, generato
     sync_every = 1 if device.type == "cpu" else 50
     bar = tqdm(order, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for step, indices in enumerate(bar):
-        batch = to_device(collate(enc, indices, pad_token_id), device)
-        labels = batch.pop("labels")
-        with autocast_context(device, precision):
-            logits = model(**batch).logits
-        loss = compute_loss(logits, labels, is_regression)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if guard is not None:
-            guard.zero_masked_grads()
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        if guard is not None:
-            guard.restore()
-        optimizer.zero_grad(set_to_none=True)
-        total += loss.detach()
+        batch = to_device(collate_fn(enc, indices, pad_token_id), device)
+        total += train_step(model, batch, optimizer, scheduler, guard, params, device=device,
+                            is_regression=is_regression, precision=precision, scaler=scaler,
+                            max_grad_norm=max_grad_norm)
         if (step + 1) % sync_every == 0 or step + 1 == len(order):
             running = total.item() / (step + 1)
             if not math.isfinite(running):
@@ -114,17 +125,19 @@ def train_epoch(model, enc, optimizer, scheduler, guard, *, batch_size, generato
 
 
 @torch.no_grad()
-def predict_logits(model, enc, *, batch_size, device, pad_token_id, precision="fp32", progress=True, desc="eval"):
+def predict_logits(model, enc, *, batch_size, device, pad_token_id, precision="fp32", progress=True, desc="eval",
+                   collate_fn=collate, sort_by_length=True):
     """Logits for every example of a tokenized split, in the split's original order.
 
     Batches are formed from length-sorted examples (less padding, same numbers: padding is masked out), and the
-    predictions are put back in the original order.
+    predictions are put back in the original order. `sort_by_length=False` keeps the split's order (the official
+    pipeline, used by the benchmark).
     """
     model.eval()
-    order = batch_order(enc.lengths, batch_size, shuffle=False, generator=None, group_by_length=True)
+    order = batch_order(enc.lengths, batch_size, shuffle=False, generator=None, group_by_length=sort_by_length)
     outputs, positions = [], []
     for indices in tqdm(order, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        batch = to_device(collate(enc, indices, pad_token_id), device)
+        batch = to_device(collate_fn(enc, indices, pad_token_id), device)
         batch.pop("labels", None)
         with autocast_context(device, precision):
             logits = model(**batch).logits
