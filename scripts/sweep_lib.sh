@@ -14,8 +14,9 @@
 #   PYTHON, RUN_GLUE   the interpreter and the training CLI (tests substitute a fake one)
 #   REPORT=0           skip the tables/figures/claims written after a local sweep
 #
-# Resumability: a run whose results.json says "complete" is skipped; any other existing run directory (failed,
-# killed, half-written) is deleted and redone -- run_glue.py refuses non-empty output directories. Each run's
+# Resumability: a run whose results.json says "complete" is skipped; a run killed after an epoch-end checkpoint
+# continues from it (run_glue.py --resume, exact); any other existing run directory (failed, killed in its first
+# epoch, half-written) is deleted and redone -- run_glue.py refuses non-empty output directories. Each run's
 # console output goes to <run dir>.log beside it. Run directories: RUNS_DIR/<model-tag>/<method>/<task>/lr<lr>/seed<s>.
 
 set -euo pipefail
@@ -116,14 +117,18 @@ is_complete() {
 sys.exit(0 if json.load(open(sys.argv[1])).get("status") == "complete" else 1)' "$1/results.json" 2>/dev/null
 }
 
-# run_one INDEX [GPU]: skip a complete run, wipe and redo anything else.
+# run_one INDEX [GPU]: skip a complete run; continue a killed one from its epoch-end checkpoint (--resume);
+# wipe and redo anything else (failed, or killed before its first checkpoint).
 run_one() {
     local i="$1" gpu="${2:-}" dir="${RUN_DIRS[$1]}" cmd="${RUN_CMDS[$1]}"
     if is_complete "$dir"; then
         echo "[$i] skip (complete): $dir"
         return 0
     fi
-    if [[ -e "$dir" ]]; then
+    if [[ -f "$dir/checkpoint.safetensors" && -f "$dir/results.json" ]] && ! grep -q '"status": "failed"' "$dir/results.json"; then
+        echo "[$i] resume (killed after a checkpoint): $dir"
+        cmd+=" --resume"
+    elif [[ -e "$dir" ]]; then
         echo "[$i] redo (incomplete): $dir"
         rm -rf -- "$dir"
     fi
