@@ -4,6 +4,7 @@ Every flag has help text; `python run_glue.py -h` is the reference. Mistakes end
 code 2, as argparse does, but without the usage dump.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -92,6 +93,10 @@ def validate(args):
     """Conflicting or out-of-range flags: one clear line each."""
     if not args.list_params and not args.output_path:
         raise UsageError("--output-path/-o is required (a new or empty directory for the results)")
+    for flag, value in [("--learning-rate", args.learning_rate), ("--warmup-ratio", args.warmup_ratio),
+                        ("--weight-decay", args.weight_decay)]:
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} {value} is not a finite number; give a real value such as 1e-3")
     for flag, value, low in [("--learning-rate", args.learning_rate, None), ("--epochs", args.epochs, 1),
                              ("--batch-size", args.batch_size, 1), ("--eval-batch-size", args.eval_batch_size, 1),
                              ("--max-seq-length", args.max_seq_length, 8)]:
@@ -119,10 +124,28 @@ def validate(args):
         raise UsageError(f"--weight-decay {args.weight_decay}: give a value >= 0")
     if args.precision == "fp16" and args.gpu_device is None:
         raise UsageError("--precision fp16 needs a GPU (--gpu-device N); on the CPU use bf16 or fp32")
+    if not args.list_params:
+        _check_output_path(args.output_path)
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir} is not a directory; point it at the folder that holds the GLUE "
                          f"task folders (RTE/, CoLA/, ...)")
     return args
+
+
+def _check_output_path(path):
+    """The output directory must exist as a writable directory or be creatable: checked before anything loads, so a
+    bad path fails in a second (not after loading the model and data) and never half-way through writing."""
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise UsageError(f"--output-path {path} is a file; give a new or empty directory")
+    probe = full
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UsageError(f"--output-path {path}: {probe} is a file, so no directory can be created under it; "
+                         f"choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-path {path}: {probe} is not writable; choose a directory you can write to")
 
 
 @exit_on_usage_error

@@ -135,6 +135,8 @@ def _read_tsv(spec, split, path, labeled):
         label_kind = "int"
     else:
         header, rows, first_line = rows[0], rows[1:], 2
+        if not rows:
+            raise UsageError(f"{path} has a header but no data rows; re-download the GLUE {split} file")
         wanted = {"idx": idx_col, "text_a": a_col, "text_b": b_col, "label": label_col if labeled else None}
         if spec.name == "cola":
             wanted["label"] = None

@@ -85,14 +85,19 @@ class GLUEEvaluator:
         try:
             with open(meta_path, encoding="utf-8") as f:
                 meta = json.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise UsageError(f"{directory} is not a saved evaluator (no evaluator.json); pass the 'evaluator' folder "
                              f"written by run_glue.py --save-evaluator") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UsageError(f"{meta_path} is corrupt (not valid JSON); re-run the training with --save-evaluator") from None
+        if not isinstance(meta, dict):
+            raise UsageError(f"{meta_path} is corrupt (not a JSON object); re-run the training with --save-evaluator")
         if meta.get("format") != FORMAT:
             raise UsageError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}; it was not written "
                              f"by this version of bitfit-glue")
+        if "task" not in meta:
+            raise UsageError(f"{meta_path} lacks the task name; the file is damaged -- re-run the training with "
+                             f"--save-evaluator")
         try:
             model = AutoModelForSequenceClassification.from_pretrained(directory, torch_dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -1,0 +1,519 @@
+"""Issue 6: every bad input ends with ONE line `error: ...` on stderr that names the offending flag/file/value and
+the fix, exit code 2, no traceback -- and nothing that was already on disk is changed (or created).
+
+Most cases call `cli.main([...])` in-process (fast on 2 shared cores); a few run `run_glue.py` as a subprocess to
+prove the same end to end. Runtime cases use the tiny random BERT and tiny RTE data from conftest.py.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+
+from bitfit_experiments import cli, data
+from bitfit_experiments.errors import UsageError
+from conftest import REPO_ROOT, write_tiny_rte
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+def snapshot(root):
+    """{relative path: sha256} of every file and directory under root (None when root does not exist)."""
+    root = str(root)
+    if not os.path.exists(root):
+        return None
+    if os.path.isfile(root):
+        return {".": hashlib.sha256(open(root, "rb").read()).hexdigest()}
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out[rel + "/"] = "dir"
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def assert_one_line_error(code, err, *names):
+    assert code == 2, f"exit code {code}, stderr: {err!r}"
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {err!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    for name in names:
+        assert name in lines[0], f"{name!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def run_main(capsys, argv):
+    """cli.main in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main([str(a) for a in argv])
+    return exc.value.code, capsys.readouterr().err
+
+
+def expect_error(capsys, argv, *names, untouched=()):
+    """Run the CLI, check the one-line error, and check every path in `untouched` is byte-identical afterwards
+    (a path that did not exist must still not exist)."""
+    before = {str(p): snapshot(p) for p in untouched}
+    code, err = run_main(capsys, argv)
+    line = assert_one_line_error(code, err, *names)
+    for p, snap in before.items():
+        assert snapshot(p) == snap, f"{p} changed although the run was refused"
+    return line
+
+
+@pytest.fixture
+def base(tmp_path, tiny_model_dir, tiny_glue_dir):
+    """Good flags of a tiny 1-epoch run into a new directory; cases change one thing."""
+    out = tmp_path / "out"
+    return out, ["-o", out, "-t", "rte", "-m", tiny_model_dir, "--data-dir", tiny_glue_dir, "-f", "bitfit",
+                 "-e", "1", "--no-progress"]
+
+
+def _replace(argv, flag, value):
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+# ------------------------------------------------------------------ malformed, out-of-range and conflicting flags
+# All refused by argparse or cli.validate() before torch is even imported.
+
+FLAG_CASES = [
+    # (id, extra flags or replacements, words the message must contain)
+    ("negative_epochs", {"-e": "-1"}, ["--epochs", "-1"]),
+    ("zero_epochs", {"-e": "0"}, ["--epochs"]),
+    ("zero_batch_size", ["-b", "0"], ["--batch-size", "0"]),
+    ("zero_eval_batch_size", ["--eval-batch-size", "0"], ["--eval-batch-size"]),
+    ("zero_lr", ["-l", "0"], ["--learning-rate"]),
+    ("negative_lr", ["-l", "-1e-3"], ["--learning-rate"]),
+    ("nan_lr", ["-l", "nan"], ["--learning-rate"]),
+    ("inf_lr", ["-l", "inf"], ["--learning-rate", "finite"]),
+    ("lr_not_a_number", ["-l", "fast"], ["--learning-rate", "'fast'"]),
+    ("epochs_not_an_int", {"-e": "2.5"}, ["--epochs", "'2.5'"]),
+    ("tiny_max_seq_length", ["--max-seq-length", "2"], ["--max-seq-length"]),
+    ("zero_train_size", ["--train-size", "0"], ["--train-size"]),
+    ("negative_weight_decay", ["--weight-decay", "-0.1"], ["--weight-decay"]),
+    ("nan_weight_decay", ["--weight-decay", "nan"], ["--weight-decay"]),
+    ("bias_terms_with_full_ft", {"-f": "full_ft", "extra": ["--bias-terms", "query"]}, ["--bias-terms", "full_ft"]),
+    ("all_with_another_term", ["--bias-terms", "all", "query"], ["--bias-terms", "'all'"]),
+    ("repeated_term", ["--bias-terms", "query", "query"], ["--bias-terms", "repeated"]),
+    ("rand_mask_size_with_bitfit", ["--rand-mask-size", "100"], ["--rand-mask-size", "rand_uniform"]),
+    ("rand_mask_size_zero", {"-f": "rand_uniform", "extra": ["--rand-mask-size", "0"]}, ["--rand-mask-size"]),
+    ("warmup_without_linear", ["--warmup-ratio", "0.1"], ["--warmup-ratio", "--lr-schedule linear"]),
+    ("warmup_ratio_above_one", ["--lr-schedule", "linear", "--warmup-ratio", "1.5"], ["--warmup-ratio"]),
+    ("fp16_without_gpu", ["--precision", "fp16"], ["fp16", "--gpu-device"]),
+    ("unknown_task", {"-t": "rtee"}, ["--task-name", "'rtee'"]),
+    ("unknown_fine_tune_type", {"-f": "bitfitt"}, ["--fine-tune-type", "'bitfitt'"]),
+    ("unknown_bias_term", ["--bias-terms", "querry"], ["--bias-terms", "'querry'"]),
+    ("unknown_optimizer", ["--optimizer", "sgd"], ["--optimizer", "'sgd'"]),
+    ("unknown_flag", ["--num-epochs", "3"], ["--num-epochs"]),
+    ("flag_without_value", ["--seed"], ["--seed"]),
+]
+
+
+@pytest.mark.parametrize("change,names", [c[1:] for c in FLAG_CASES], ids=[c[0] for c in FLAG_CASES])
+def test_bad_flag(capsys, base, change, names):
+    out, argv = base
+    if isinstance(change, dict):
+        for flag, value in change.items():
+            argv = argv + value if flag == "extra" else _replace(argv, flag, value)
+    else:
+        argv = argv + change
+    expect_error(capsys, argv, *names, untouched=[out])
+
+
+def test_missing_output_path(capsys, tiny_model_dir):
+    expect_error(capsys, ["-t", "rte", "-m", tiny_model_dir, "-f", "bitfit"], "--output-path")
+
+
+def test_missing_task(capsys, tmp_path, tiny_model_dir):
+    expect_error(capsys, ["-o", tmp_path / "o", "-m", tiny_model_dir, "-f", "bitfit"], "--task-name",
+                 untouched=[tmp_path / "o"])
+
+
+def test_data_dir_missing(capsys, base, tmp_path):
+    out, argv = base
+    expect_error(capsys, _replace(argv, "--data-dir", tmp_path / "nope"), "--data-dir", str(tmp_path / "nope"),
+                 untouched=[out])
+
+
+# ---------------------------------------------------------------------------------------------- output directory
+
+def test_output_dir_not_empty_is_untouched(capsys, base):
+    out, argv = base
+    os.makedirs(out / "evaluator")
+    (out / "results.json").write_text('{"status": "complete", "precious": true}\n')
+    (out / "evaluator" / "model.safetensors").write_bytes(os.urandom(4096))
+    expect_error(capsys, argv, "--output-path", str(out), "not empty", untouched=[out])
+
+
+def test_output_path_is_a_file(capsys, base):
+    out, argv = base
+    out.write_text("a file, not a directory\n")
+    expect_error(capsys, argv, "--output-path", str(out), "file", untouched=[out])
+
+
+def test_output_path_under_a_file_cannot_be_written(capsys, base, tmp_path):
+    """Works as root too: nothing can be created below a regular file."""
+    _, argv = base
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me\n")
+    target = blocker / "sub" / "run"
+    expect_error(capsys, _replace(argv, "-o", target), "--output-path", str(blocker), untouched=[blocker])
+    # --resume must not get further either
+    expect_error(capsys, _replace(argv, "-o", target) + ["--resume"], "--output-path", untouched=[blocker])
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to a read-only directory")
+def test_output_dir_not_writable_chmod(capsys, base, tmp_path):
+    _, argv = base
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    os.chmod(parent, 0o555)
+    try:
+        expect_error(capsys, _replace(argv, "-o", parent / "run"), "--output-path", "not writable",
+                     untouched=[parent])
+    finally:
+        os.chmod(parent, 0o755)
+
+
+def test_output_dir_not_writable_reported(capsys, base, tmp_path, monkeypatch):
+    """An existing empty directory we may not write to (simulated, so it runs as root too)."""
+    _, argv = base
+    target = tmp_path / "locked"
+    target.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == str(target)
+                        else real_access(p, mode, **kw))
+    expect_error(capsys, _replace(argv, "-o", target), "--output-path", str(target), "not writable",
+                 untouched=[target])
+
+
+# ---------------------------------------------------------------------------------------- device and model path
+
+def test_gpu_device_without_gpu(capsys, base):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out, argv = base
+    expect_error(capsys, argv + ["--gpu-device", "0"], "--gpu-device 0", "CPU", untouched=[out])
+    expect_error(capsys, argv + ["--gpu-device", "0", "--precision", "fp16"], "--gpu-device 0", untouched=[out])
+
+
+def test_negative_gpu_device(capsys, base):
+    out, argv = base
+    expect_error(capsys, argv + ["--gpu-device", "-1"], "--gpu-device -1", untouched=[out])
+
+
+def test_model_path_missing(capsys, base, tmp_path):
+    out, argv = base
+    missing = str(tmp_path / "models" / "no-such-model")
+    expect_error(capsys, _replace(argv, "-m", missing), "--model-name", missing, untouched=[out])
+
+
+def test_model_dir_without_config(capsys, base, tmp_path, tiny_model_dir):
+    out, argv = base
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    os.unlink(model / "config.json")
+    expect_error(capsys, _replace(argv, "-m", model), "--model-name", "config.json", untouched=[out, model])
+
+
+def test_model_dir_with_corrupt_weights(capsys, base, tmp_path, tiny_model_dir):
+    out, argv = base
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    expect_error(capsys, _replace(argv, "-m", model), str(model), untouched=[out, model])
+
+
+# ------------------------------------------------------------------------------------------------------ GLUE data
+
+@pytest.fixture
+def rte(tmp_path):
+    """A private copy of tiny RTE data that a case may break: returns (data dir, RTE folder)."""
+    root = write_tiny_rte(str(tmp_path / "glue"))
+    return root, os.path.join(root, "RTE")
+
+
+def _rewrite(path, edit):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(edit(lines)) + "\n")
+
+
+def _data_case(capsys, base, rte, *names, extra=()):
+    out, argv = base
+    root, _ = rte
+    return expect_error(capsys, _replace(argv, "--data-dir", root) + list(extra), *names, untouched=[out, root])
+
+
+def test_data_dir_without_task_folder(capsys, base, tmp_path):
+    out, argv = base
+    empty = tmp_path / "glue"
+    (empty / "CoLA").mkdir(parents=True)
+    expect_error(capsys, _replace(argv, "--data-dir", empty), os.path.join("RTE", "train.tsv"), "--data-dir",
+                 untouched=[out, empty])
+
+
+def test_missing_dev_split(capsys, base, rte):
+    os.unlink(os.path.join(rte[1], "dev.tsv"))
+    _data_case(capsys, base, rte, os.path.join("RTE", "dev.tsv"))
+
+
+def test_missing_test_split_with_predict_test(capsys, base, rte):
+    os.unlink(os.path.join(rte[1], "test.tsv"))
+    _data_case(capsys, base, rte, os.path.join("RTE", "test.tsv"), extra=["--predict-test"])
+
+
+def test_missing_label_column(capsys, base, rte):
+    _rewrite(os.path.join(rte[1], "train.tsv"), lambda ls: ["\t".join(l.split("\t")[:3]) for l in ls])
+    _data_case(capsys, base, rte, "train.tsv", "'label'")
+
+
+def test_renamed_text_column(capsys, base, rte):
+    _rewrite(os.path.join(rte[1], "dev.tsv"), lambda ls: [ls[0].replace("sentence2", "hypothesis")] + ls[1:])
+    _data_case(capsys, base, rte, "dev.tsv", "'sentence2'")
+
+
+def test_extra_columns_are_fine(rte):
+    """Read by column name: an extra column (anywhere) changes nothing."""
+    root, folder = rte
+    before = data.load_split("rte", "dev", root)
+    _rewrite(os.path.join(folder, "dev.tsv"),
+             lambda ls: ["\t".join(["x" if i else "source", *l.split("\t"), "y" if i else "comment"])
+                         for i, l in enumerate(ls)])
+    after = data.load_split("rte", "dev", root)
+    assert after.equals(before)
+
+
+def test_empty_train_file(capsys, base, rte):
+    open(os.path.join(rte[1], "train.tsv"), "w").close()
+    _data_case(capsys, base, rte, "train.tsv", "empty")
+
+
+def test_header_only_train_file(capsys, base, rte):
+    _rewrite(os.path.join(rte[1], "train.tsv"), lambda ls: ls[:1])
+    _data_case(capsys, base, rte, "train.tsv", "no data rows")
+
+
+def test_label_outside_label_set(capsys, base, rte):
+    _rewrite(os.path.join(rte[1], "train.tsv"), lambda ls: ls[:5] + [ls[5].rsplit("\t", 1)[0] + "\tmaybe"] + ls[6:])
+    _data_case(capsys, base, rte, "train.tsv", "line 6", "'maybe'", "not_entailment")
+
+
+def test_non_utf8_file(capsys, base, rte):
+    path = os.path.join(rte[1], "dev.tsv")
+    with open(path, "ab") as f:
+        f.write(b"7\tCaf\xe9 au lait .\tA drink \xff .\tentailment\n")
+    _data_case(capsys, base, rte, "dev.tsv", "UTF-8")
+
+
+def test_truncated_row(capsys, base, rte):
+    _rewrite(os.path.join(rte[1], "dev.tsv"), lambda ls: ls[:3] + [ls[3].split("\t")[0]] + ls[4:])
+    _data_case(capsys, base, rte, "dev.tsv", "line 4")
+
+
+def test_train_size_larger_than_training_split(capsys, base, rte):
+    _data_case(capsys, base, rte, "--train-size", extra=["--train-size", "100000"])
+
+
+# ------------------------------------------------------------------------------------- a finished run on disk
+# One real tiny run (2 epochs, evaluator saved) whose epoch-1 checkpoint is kept (normally removed on completion),
+# shared read-only by the evaluator and --resume cases; each case works on its own copy.
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir, tiny_glue_dir):
+    from bitfit_experiments.experiment import run
+    out = str(tmp_path_factory.mktemp("bad_input_run") / "run")
+    args = cli.validate(cli.build_parser().parse_args(
+        ["-o", out, "-t", "rte", "-m", tiny_model_dir, "--data-dir", tiny_glue_dir, "-f", "bitfit", "-e", "2",
+         "-b", "16", "--no-progress", "--save-evaluator"]))
+    with mock.patch("bitfit_experiments.experiment.remove_checkpoint"):
+        run(args)
+    assert os.path.exists(os.path.join(out, "checkpoint.safetensors"))
+    return out, args
+
+
+@pytest.fixture
+def run_copy(tmp_path, finished_run):
+    out = str(tmp_path / "run")
+    shutil.copytree(finished_run[0], out)
+    return out
+
+
+def _resume_argv(run_dir, args, **changes):
+    argv = ["-o", run_dir, "-t", "rte", "-m", args.model_name, "--data-dir", args.data_dir, "-f", "bitfit",
+            "-e", "2", "-b", "16", "--no-progress", "--resume"]
+    for flag, value in changes.items():
+        argv += [flag, value]
+    return argv
+
+
+def _mark_unfinished(run_dir):
+    path = os.path.join(run_dir, "results.json")
+    with open(path) as f:
+        results = json.load(f)
+    results["status"] = "running"
+    with open(path, "w") as f:
+        json.dump(results, f)
+
+
+def test_non_empty_output_dir_of_a_real_run_is_untouched(capsys, run_copy, finished_run):
+    argv = _resume_argv(run_copy, finished_run[1])[:-1]  # same flags, without --resume
+    expect_error(capsys, argv, "--output-path", "not empty", untouched=[run_copy])
+
+
+def test_resume_with_other_flags(capsys, run_copy, finished_run):
+    line = expect_error(capsys, _resume_argv(run_copy, finished_run[1], **{"-l": "1e-2"}), "--resume", run_copy,
+                        "learning_rate", untouched=[run_copy])
+    assert "another configuration" in line
+
+
+def test_resume_of_another_fine_tune_type(capsys, run_copy, finished_run):
+    argv = _replace(_resume_argv(run_copy, finished_run[1]), "-f", "frozen")
+    expect_error(capsys, argv, "--resume", "fine_tune_type", untouched=[run_copy])
+
+
+def test_resume_on_a_directory_that_holds_no_run(capsys, tmp_path, finished_run):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run\n")
+    expect_error(capsys, _resume_argv(other, finished_run[1]), "--resume", "config.json", untouched=[other])
+
+
+def test_resume_with_damaged_config(capsys, run_copy, finished_run):
+    with open(os.path.join(run_copy, "config.json"), "r+b") as f:
+        f.truncate(40)
+    expect_error(capsys, _resume_argv(run_copy, finished_run[1]), "config.json", "damaged", untouched=[run_copy])
+
+
+@pytest.mark.xfail(reason="experiment._check_resumable: config.json that is valid JSON but not an object raises "
+                          "TypeError (owner of experiment.py asked to catch TypeError/AttributeError too)")
+def test_resume_with_config_that_is_not_an_object(capsys, run_copy, finished_run):
+    with open(os.path.join(run_copy, "config.json"), "w") as f:
+        f.write("[1, 2, 3]\n")
+    expect_error(capsys, _resume_argv(run_copy, finished_run[1]), "config.json", untouched=[run_copy])
+
+
+def test_resume_with_truncated_checkpoint(capsys, run_copy, finished_run):
+    _mark_unfinished(run_copy)
+    ckpt = os.path.join(run_copy, "checkpoint.safetensors")
+    with open(ckpt, "r+b") as f:
+        f.truncate(os.path.getsize(ckpt) // 2)
+    expect_error(capsys, _resume_argv(run_copy, finished_run[1]), ckpt, "corrupt", untouched=[run_copy])
+
+
+def test_resume_with_garbage_checkpoint(capsys, run_copy, finished_run):
+    _mark_unfinished(run_copy)
+    ckpt = os.path.join(run_copy, "checkpoint.safetensors")
+    with open(ckpt, "wb") as f:
+        f.write(b"\x00garbage" * 100)
+    expect_error(capsys, _resume_argv(run_copy, finished_run[1]), ckpt, untouched=[run_copy])
+
+
+# --------------------------------------------------------------------------------------- a saved evaluator, broken
+
+def _load_error(directory):
+    from bitfit_experiments.evaluator import GLUEEvaluator
+    before = snapshot(directory)
+    with pytest.raises(UsageError) as exc:
+        GLUEEvaluator.load(str(directory))
+    message = str(exc.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert snapshot(directory) == before
+    return message
+
+
+def test_evaluator_truncated_weights(run_copy):
+    ev = os.path.join(run_copy, "evaluator")
+    weights = os.path.join(ev, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 3)
+    message = _load_error(ev)
+    assert ev in message and "--save-evaluator" in message
+
+
+def test_evaluator_garbage_json(run_copy):
+    ev = os.path.join(run_copy, "evaluator")
+    with open(os.path.join(ev, "evaluator.json"), "wb") as f:
+        f.write(b"{\"format\": \"bitfit-glue-evaluator/1\", \"task\": \xff\xfe")
+    assert "evaluator.json" in _load_error(ev)
+
+
+def test_evaluator_json_not_an_object(run_copy):
+    ev = os.path.join(run_copy, "evaluator")
+    with open(os.path.join(ev, "evaluator.json"), "w") as f:
+        f.write("[]\n")
+    assert "evaluator.json" in _load_error(ev)
+
+
+def test_evaluator_json_without_task(run_copy):
+    ev = os.path.join(run_copy, "evaluator")
+    path = os.path.join(ev, "evaluator.json")
+    with open(path) as f:
+        meta = json.load(f)
+    del meta["task"]
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    assert "evaluator.json" in _load_error(ev)
+
+
+def test_evaluator_missing_or_not_a_folder(run_copy, tmp_path):
+    assert "evaluator.json" in _load_error(run_copy)  # the run folder, not its evaluator/ folder
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert str(a_file) in _load_error(a_file)
+
+
+# ------------------------------------------------------------------------------- end to end, as a real process
+
+def _process(argv):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "run_glue.py"), *map(str, argv)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def test_process_unknown_task(base):
+    out, argv = base
+    code, err = _process(_replace(argv, "-t", "mnli-m"))
+    assert_one_line_error(code, err, "--task-name", "'mnli-m'")
+    assert not out.exists()
+
+
+def test_process_missing_dev_split_writes_nothing(base, rte):
+    """Goes through model loading and data reading in a real process: still one line, and no output dir."""
+    out, argv = base
+    os.unlink(os.path.join(rte[1], "dev.tsv"))
+    code, err = _process(_replace(argv, "--data-dir", rte[0]))
+    assert_one_line_error(code, err, os.path.join("RTE", "dev.tsv"))
+    assert not out.exists()
+
+
+def test_process_resume_other_configuration(run_copy, finished_run):
+    before = snapshot(run_copy)
+    code, err = _process(_resume_argv(run_copy, finished_run[1], **{"--seed": "5"}))
+    assert_one_line_error(code, err, "--resume", "seed")
+    assert snapshot(run_copy) == before
+
+
+# --------------------------------------------------------------------------- known gaps (owners of other files)
+
+@pytest.mark.xfail(reason="--max-seq-length beyond the model's position embeddings crashes mid-training after "
+                          "config.json/results.json are written; experiment.py should refuse it with a UsageError "
+                          "before writing (owner of experiment.py/batching.py asked)")
+def test_max_seq_length_beyond_model_positions(capsys, base, rte):
+    root, folder = rte
+    long = " ".join(["the man"] * 60)
+    _rewrite(os.path.join(folder, "train.tsv"), lambda ls: ls[:1] + [f"0\t{long}\ta cat .\tentailment"] + ls[2:])
+    _data_case(capsys, base, rte, "--max-seq-length")
