@@ -1,0 +1,128 @@
+"""Predict with a task pack applied onto its base model, or export the pair as a plain Hugging Face model folder.
+
+    python -m bitfit_experiments.predict --base MODEL --pack runs/rte/pack --input glue/RTE/dev.tsv
+    python -m bitfit_experiments.predict --base MODEL --pack runs/rte/pack --input RTE/test.tsv --task-split test \
+        --output rte_test.tsv
+    python -m bitfit_experiments.predict --base MODEL --pack runs/rte/pack \
+        --sentences "A man plays a guitar. ||| A person plays music."
+    python -m bitfit_experiments.predict --base MODEL --pack runs/rte/pack --export rte_model/
+
+Predictions (a TSV: index, prediction, one logit column per label) go to --output or stdout; the pack summary and, on
+a labeled split, the metrics go to stderr, so stdout stays a clean table.
+"""
+import argparse
+import io
+import os
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+
+from . import data, metrics, packs
+from .errors import UsageError, exit_on_usage_error
+from .io_utils import atomic_write_text
+from .model import resolve_device
+
+PAIR_SEPARATOR = " ||| "
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="the base model the pack was trained on (hub id or local folder)")
+    p.add_argument("--pack", required=True, help="a run's pack folder (pack.safetensors + manifest.json)")
+    p.add_argument("--input", help="a GLUE-format TSV of the pack's task (e.g. RTE/dev.tsv)")
+    p.add_argument("--task-split", help="which split's format --input has (default: the task's first dev split; "
+                                        "test = unlabeled)")
+    p.add_argument("--sentences", nargs="+", metavar="TEXT",
+                   help=f"raw inputs; write a pair as 'first{PAIR_SEPARATOR}second'")
+    p.add_argument("--output", help="write the predictions TSV here (default: stdout)")
+    p.add_argument("--export", metavar="DIR", help="also write a plain Hugging Face model folder (weights + config "
+                                                   "with labels + tokenizer)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--gpu-device", type=int, default=None)
+    args = p.parse_args(argv)
+    if not (args.input or args.sentences or args.export):
+        p.error("give --input FILE, --sentences TEXT ..., or --export DIR")
+    if args.input and args.sentences:
+        p.error("--input and --sentences are alternatives; give one")
+    return args
+
+
+def read_glue_file(task, split, path):
+    """A GLUE-format file at any path, read by data.load_split: a temporary GLUE layout links to it."""
+    spec = data.get_task(task)
+    split = split or spec.eval_splits[0]
+    if split not in spec.splits:
+        raise UsageError(f"--task-split {split}: task {spec.name} has the splits {', '.join(spec.splits)}")
+    if not os.path.isfile(path):
+        raise UsageError(f"--input {path}: no such file; pass a GLUE-format TSV of the {spec.name} task")
+    with tempfile.TemporaryDirectory() as tmp:
+        link = data.split_path(spec.name, split, tmp)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.abspath(path), link)
+        try:
+            return data.load_split(spec.name, split, tmp), split
+        except UsageError as e:  # name the user's file, not the temporary link
+            raise UsageError(str(e).replace(link, path)) from None
+
+
+def sentences_frame(sentences):
+    pairs = [s.split(PAIR_SEPARATOR, 1) if PAIR_SEPARATOR in s else [s, None] for s in sentences]
+    if len({b is None for _, b in pairs}) > 1:
+        raise UsageError(f"--sentences mixes single sentences and pairs; write every input as "
+                         f"'first{PAIR_SEPARATOR}second' or none")
+    return pd.DataFrame({"idx": range(len(pairs)), "text_a": [a for a, _ in pairs], "text_b": [b for _, b in pairs],
+                         "label": -1})
+
+
+def predictions_table(task, df, logits, label_names):
+    spec = data.get_task(task)
+    preds = metrics.logits_to_predictions(spec.name, logits)
+    out = pd.DataFrame({"index": df["idx"].to_numpy()})
+    if spec.is_regression:
+        out["prediction"] = preds
+    else:
+        names = label_names or [str(i) for i in range(logits.shape[1])]
+        out["prediction"] = [names[i] for i in preds]
+        for j, name in enumerate(names):
+            out[f"logit_{name}"] = logits[:, j]
+    buf = io.StringIO()
+    out.to_csv(buf, sep="\t", index=False, float_format="%.9g")  # 9 digits: a float32 logit reads back exactly
+    return buf.getvalue()
+
+
+@exit_on_usage_error
+def main(argv=None):
+    args = parse_args(argv)
+    pack = packs.read_pack(args.pack)
+    m = pack.manifest
+    evaluator = packs.load(args.base, pack, device=resolve_device(args.gpu_device))
+    print(f"{args.pack}: {m['task']} / {m['fine_tune_type']} on {m['base_model']}; "
+          f"{packs.format_summary(m)}", file=sys.stderr)
+    if args.export:
+        print(f"exported to {packs.export(evaluator, args.export)}", file=sys.stderr)
+    if not (args.input or args.sentences):
+        return None
+    if args.input:
+        df, split = read_glue_file(m["task"], args.task_split, args.input)
+    else:
+        df, split = sentences_frame(args.sentences), None
+    logits = evaluator.predict(df, batch_size=args.batch_size)
+    spec = data.get_task(m["task"])
+    labels = df["label"].to_numpy()
+    labeled = split is not None and len(df) and not (np.isnan(labels).any() if spec.is_regression else (labels < 0).any())
+    if labeled:
+        scores = metrics.compute_metrics(spec.name, metrics.logits_to_predictions(spec.name, logits), labels)
+        print(f"{split} ({len(df)} rows): " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=sys.stderr)
+    table = predictions_table(spec.name, df, logits, m.get("label_names"))
+    if args.output:
+        atomic_write_text(args.output, table)
+        print(f"wrote {len(df)} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(table)
+    return logits
+
+
+if __name__ == "__main__":
+    main()
