@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from . import data, metrics, selection
+from . import data, metrics, packs, selection
 from .checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
 from .batching import encode
 from .errors import UsageError
@@ -130,6 +130,8 @@ def run(args, return_evaluator=False):
 
     # --- model, trainable set, optimizer ------------------------------------------------------------------------
     selection.apply(model, sel)
+    # Base hash + original values of what training can change: the task pack stores only the difference.
+    snap = packs.snapshot(model, sel, newly_initialized=model.newly_initialized)
     model.to(device)
     guard = selection.MaskGuard(model, sel) if sel.masks else None
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -227,6 +229,13 @@ def run(args, return_evaluator=False):
         logits = evaluator.predict(df, batch_size=args.eval_batch_size, precision=args.precision, progress=progress)
         write_server_file(task.name, split, df["idx"].to_numpy(), metrics.logits_to_predictions(task.name, logits),
                           os.path.join(out, "test_predictions"), expected_rows=len(df))
+    # The pack holds the last-epoch weights, so its dev metrics are the last epoch's.
+    manifest = packs.write_pack(os.path.join(out, "pack"), model, snap, sel, base_model=args.model_name, task=task,
+                                dev_metrics=results["last"], max_seq_length=args.max_seq_length,
+                                extra={"best_epoch": results["best_epoch"], "last_epoch": results["last_epoch"]})
+    print(packs.format_summary(manifest), flush=True)
+    results["pack"] = {k: manifest[k] for k in ("pack_bytes", "full_model_bytes", "ratio_to_full_model",
+                                                "stored_values", "fixups")}
     results["status"] = "complete"
     atomic_write_json(results_path, results)
     remove_checkpoint(out)

@@ -56,10 +56,12 @@ def load_model(name, task, dtype=torch.float32):
     try:
         # transformers reports the freshly initialised head as "missing weights": expected here, so keep it quiet.
         with _quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as e:
         raise UsageError(f"could not load model '{name}' ({type(e).__name__}: {_first_line(e)}); use a local "
                          f"model directory or check the hub id and your connection") from None
+    # Parameters the checkpoint lacks (the head, sometimes a pooler) were drawn at random: task packs must carry them.
+    model.newly_initialized = tuple(info.get("missing_keys", ()))
     return model
 
 

@@ -25,7 +25,8 @@ def test_every_type_runs_and_writes_outputs(tmp_path, tiny_model_dir, tiny_glue_
     results = run(args)
     out = tmp_path / "o"
     assert results["status"] == "complete"
-    for name in ["config.json", "params.json", "results.json", "learning_curves.png"]:
+    for name in ["config.json", "params.json", "results.json", "learning_curves.png", "pack/pack.safetensors",
+                 "pack/manifest.json"]:
         assert (out / name).stat().st_size > 0, name
     assert (out / "bias_changes.png").exists() == (ftype == "bitfit")
     saved = json.loads((out / "results.json").read_text())
