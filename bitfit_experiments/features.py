@@ -143,14 +143,30 @@ def _check_head_reads_cached(model, enc, n, device, pad_token_id):
                          f"difference {float((full - cached).abs().max()):.3g}); train without feature caching")
 
 
+@contextmanager
+def _one_cpu_thread(device):
+    """The head's ops are far below any size where intra-op threads pay; on a busy CPU every parallel region waits
+    for a descheduled partner thread (measured here: a 8x2 log_softmax took ~8 ms with 2 threads), so run them
+    on one thread."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_head_epoch(model, feats, optimizer, scheduler, guard, **kwargs):
     """`trainer.train_epoch` on cached features: same arguments, same return value (the mean training loss)."""
     check_frozen_base(model)
-    with cached_base_model(model, feats):
+    with cached_base_model(model, feats), _one_cpu_thread(kwargs["device"]):
         return train_epoch(model, feats, optimizer, scheduler, guard, collate_fn=collate_features, **kwargs)
 
 
 def predict_head_logits(model, feats, **kwargs):
     """`trainer.predict_logits` on cached features: logits in the split's order."""
-    with cached_base_model(model, feats):
+    with cached_base_model(model, feats), _one_cpu_thread(kwargs["device"]):
         return predict_logits(model, feats, collate_fn=collate_features, **kwargs)
