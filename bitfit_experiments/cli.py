@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import UsageError, exit_on_usage_error
+from .io_utils import check_writable
 
 TASKS = ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
 FINE_TUNE_TYPES = ["full_ft", "bitfit", "frozen", "rand_uniform", "rand_row_col"]
@@ -16,14 +17,16 @@ BIAS_TERMS = ["query", "key", "value", "attention_output", "attention_layernorm"
               "output_layernorm", "all"]
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (`error: ...`) and exit code 2, without the usage dump."""
+
     def error(self, message):
         print(f"error: {message} (see {self.prog} -h)", file=sys.stderr)
         sys.exit(2)
 
 
 def build_parser():
-    p = _Parser(prog="run_glue.py", description="Fine-tune a Transformer encoder on a GLUE task with BitFit "
+    p = OneLineParser(prog="run_glue.py", description="Fine-tune a Transformer encoder on a GLUE task with BitFit "
                 "(bias terms only), full fine-tuning, a frozen encoder, or random parameter subsets of BitFit's size.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("official flags (benzakenelad/BitFit run_glue.py)")
@@ -125,27 +128,11 @@ def validate(args):
     if args.precision == "fp16" and args.gpu_device is None:
         raise UsageError("--precision fp16 needs a GPU (--gpu-device N); on the CPU use bf16 or fp32")
     if not args.list_params:
-        _check_output_path(args.output_path)
+        check_writable(args.output_path, "--output-path")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir} is not a directory; point it at the folder that holds the GLUE "
                          f"task folders (RTE/, CoLA/, ...)")
     return args
-
-
-def _check_output_path(path):
-    """The output directory must exist as a writable directory or be creatable: checked before anything loads, so a
-    bad path fails in a second (not after loading the model and data) and never half-way through writing."""
-    full = os.path.abspath(path)
-    if os.path.exists(full) and not os.path.isdir(full):
-        raise UsageError(f"--output-path {path} is a file; give a new or empty directory")
-    probe = full
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UsageError(f"--output-path {path}: {probe} is a file, so no directory can be created under it; "
-                         f"choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-path {path}: {probe} is not writable; choose a directory you can write to")
 
 
 @exit_on_usage_error

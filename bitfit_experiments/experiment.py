@@ -26,19 +26,11 @@ from .trainer import build_optimizer, build_scheduler, predict_logits, set_seed,
 
 
 def check_output_dir(path):
-    """As the official code: refuse an output directory that already holds something."""
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise UsageError(f"--output-path {path} is a file; give a new or empty directory")
-        if os.listdir(path):
-            raise UsageError(f"--output-path {path} is not empty; choose a new directory (or delete this one) so that "
-                             f"no earlier result is overwritten")
-    parent = os.path.dirname(os.path.abspath(path))
-    probe = parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.access(probe, os.W_OK):
-        raise UsageError(f"--output-path {path}: {probe} is not writable; choose a directory you can write to")
+    """As the official code: refuse an output directory that already holds something (writability and "is a
+    file" are checked with the flags, in cli.validate)."""
+    if os.path.isdir(path) and os.listdir(path):
+        raise UsageError(f"--output-path {path} is not empty; choose a new directory (or delete this one) so that "
+                         f"no earlier result is overwritten")
 
 
 def peak_memory_mb(device):
@@ -75,7 +67,9 @@ def _check_resumable(out, args):
     try:
         with open(config_path, encoding="utf-8") as f:
             saved_args = json.load(f)["args"]
-    except (ValueError, KeyError):
+        if not isinstance(saved_args, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
         raise UsageError(f"--resume: {config_path} is damaged; delete the directory to start the run again") from None
     current = vars(args)
     diff = sorted(k for k in set(saved_args) | set(current) if k not in _RESUME_NEUTRAL
@@ -112,6 +106,11 @@ def run(args, return_evaluator=False):
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name)
     model = load_model(args.model_name, task)  # head initialised from the seeded torch RNG
+    max_positions = min(getattr(model.config, "max_position_embeddings", None) or 10**9,
+                        getattr(tokenizer, "model_max_length", None) or 10**9)
+    if args.max_seq_length > max_positions:
+        raise UsageError(f"--max-seq-length {args.max_seq_length} exceeds the {max_positions} positions model "
+                         f"'{args.model_name}' supports; pass --max-seq-length {max_positions} or less")
     sel = selection.select(model, args.fine_tune_type, args.bias_terms, args.rand_mask_size, args.seed)
     report = selection.param_report(model, sel, args.bias_terms)
     if args.list_params:

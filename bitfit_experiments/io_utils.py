@@ -66,3 +66,21 @@ def library_versions():
         except Exception:
             versions[name] = None
     return versions
+
+
+def check_writable(path, flag, kind="directory"):
+    """Refuse, before anything is loaded or written, a `path` that cannot become a `kind` ("directory" or "file"):
+    it exists as the other kind, sits under a regular file, or its nearest existing folder is not writable."""
+    from .errors import UsageError
+    full = os.path.abspath(path)
+    if kind == "directory" and os.path.exists(full) and not os.path.isdir(full):
+        raise UsageError(f"{flag} {path} is a file; give a new or empty directory")
+    if kind == "file" and os.path.isdir(full):
+        raise UsageError(f"{flag} {path} is a directory; give a file path")
+    probe = full
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if probe != full and not os.path.isdir(probe):
+        raise UsageError(f"{flag} {path}: {probe} is a file, so nothing can be created under it; choose another path")
+    if not os.access(probe if os.path.isdir(probe) else os.path.dirname(probe), os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {probe} is not writable; choose a location you can write to")

@@ -10,7 +10,6 @@
 Predictions (a TSV: index, prediction, one logit column per label) go to --output or stdout; the pack summary and, on
 a labeled split, the metrics go to stderr, so stdout stays a clean table.
 """
-import argparse
 import io
 import os
 import sys
@@ -20,15 +19,16 @@ import numpy as np
 import pandas as pd
 
 from . import data, metrics, packs
+from .cli import OneLineParser
 from .errors import UsageError, exit_on_usage_error
-from .io_utils import atomic_write_text
+from .io_utils import atomic_write_text, check_writable
 from .model import resolve_device
 
 PAIR_SEPARATOR = " ||| "
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.predict", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bitfit_experiments.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="the base model the pack was trained on (hub id or local folder)")
     p.add_argument("--pack", required=True, help="a run's pack folder (pack.safetensors + manifest.json)")
     p.add_argument("--input", help="a GLUE-format TSV of the pack's task (e.g. RTE/dev.tsv)")
@@ -95,19 +95,26 @@ def predictions_table(task, df, logits, label_names):
 @exit_on_usage_error
 def main(argv=None):
     args = parse_args(argv)
+    # Everything the user gave is checked before the (slow) model load and before anything is written.
+    if args.output:
+        check_writable(args.output, "--output", kind="file")
+    if args.export:
+        check_writable(args.export, "--export")
+    device = resolve_device(args.gpu_device)
     pack = packs.read_pack(args.pack)
     m = pack.manifest
-    evaluator = packs.load(args.base, pack, device=resolve_device(args.gpu_device))
+    df = split = None
+    if args.input:
+        df, split = read_glue_file(m["task"], args.task_split, args.input)
+    elif args.sentences:
+        df = sentences_frame(args.sentences)
+    evaluator = packs.load(args.base, pack, device=device)
     print(f"{args.pack}: {m['task']} / {m['fine_tune_type']} on {m['base_model']}; "
           f"{packs.format_summary(m)}", file=sys.stderr)
     if args.export:
         print(f"exported to {packs.export(evaluator, args.export)}", file=sys.stderr)
-    if not (args.input or args.sentences):
+    if df is None:
         return None
-    if args.input:
-        df, split = read_glue_file(m["task"], args.task_split, args.input)
-    else:
-        df, split = sentences_frame(args.sentences), None
     logits = evaluator.predict(df, batch_size=args.batch_size)
     spec = data.get_task(m["task"])
     labels = df["label"].to_numpy()

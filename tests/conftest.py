@@ -78,7 +78,7 @@ def tiny_model_dir(tmp_path_factory):
     tokenizer = make_tiny_tokenizer()
     torch.manual_seed(1234)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64)
+                        intermediate_size=37, max_position_embeddings=128)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
