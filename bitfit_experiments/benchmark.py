@@ -341,7 +341,7 @@ def _f(x, fmt):
 
 
 def to_markdown(table, meta):
-    lines = [f"Benchmark: {meta['model']} on {meta['device']}, {meta['threads']} threads, {meta['cpu']}; "
+    lines = [f"Benchmark: {meta['model']} on {meta['device']}, {meta['threads']} threads (OMP_WAIT_POLICY {meta['omp_wait_policy']}), {meta['cpu']}; "
              f"{meta['steps']} timed steps per case (each the fastest of {meta['repeats']} runs), extrapolated to an epoch; SST-2 train subset "
              f"{meta['sst2_train_size']}. Command: `{meta['command']}`", "",
              "| task | type | prec | what | official s | ours s | ratio | train-only ratio | dev official | dev ours "
@@ -385,6 +385,10 @@ def main(argv=None):
     p.add_argument("--eval-batches", type=int, default=3, help="timed official evaluation batches per case")
     p.add_argument("--sst2-train-size", type=int, default=8000, help="fixed seeded SST-2 training subset")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument("--omp-wait-policy", choices=["passive", "active", "inherit"], default="passive",
+                   help="OMP_WAIT_POLICY of every case (both pipelines alike). With the default spinning policy, on a "
+                   "CPU shared with other jobs every parallel region waits for a descheduled partner thread "
+                   "(~8-16 ms per op measured here); 'inherit' keeps the environment's setting")
     p.add_argument("--gpu-device", type=int, default=None)
     p.add_argument("--out", default="results/benchmark")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: JSON of one case, run in-process
@@ -410,11 +414,14 @@ def main(argv=None):
             str(args.sst2_train_size), "--threads", str(threads)]
     if args.gpu_device is not None:
         base += ["--gpu-device", str(args.gpu_device)]
+    env = dict(os.environ)
+    if args.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     rows, started = [], time.perf_counter()
     todo = cases(args.tasks, args.types, set(args.bf16_tasks or []))
     for n, case in enumerate(todo, 1):
         t0 = time.perf_counter()
-        proc = subprocess.run(base + ["--case", json.dumps(case)], capture_output=True, text=True)
+        proc = subprocess.run(base + ["--case", json.dumps(case)], capture_output=True, text=True, env=env)
         line = [l for l in proc.stdout.splitlines() if l.startswith("CASE_RESULT ")]
         if proc.returncode or not line:
             err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -430,7 +437,7 @@ def main(argv=None):
               f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     table = summarise(rows)
     meta = {"model": model, "device": "cpu" if args.gpu_device is None else f"cuda:{args.gpu_device}",
-            "threads": threads, "cpu": _cpu_name(), "steps": args.steps, "repeats": args.repeats, "sst2_train_size": args.sst2_train_size,
+            "threads": threads, "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"), "cpu": _cpu_name(), "steps": args.steps, "repeats": args.repeats, "sst2_train_size": args.sst2_train_size,
             "command": "python -m bitfit_experiments.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
             "peak_fp32": max((r.get("matmul_peak_gflops_fp32", 0) for r in rows), default=0.0),
             "total_sec": time.perf_counter() - started, "torch": torch.__version__}
