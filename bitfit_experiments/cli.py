@@ -80,6 +80,10 @@ def build_parser():
     t.add_argument("--weight-decay", type=float, default=0.0, help="optimizer weight decay (official: 0)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision of forward/backward; trainable parameters stay fp32 (fp16: CUDA only)")
+    t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
+                   help="frozen only: run the frozen encoder once (eval mode) and train the head on its cached "
+                   "outputs; --no-cache-features runs the encoder every step in train mode, as the official code "
+                   "(its dropout then perturbs the features)")
     t.add_argument("--list-params", action="store_true",
                    help="print the trainable-parameter report (per bias family: tensors, parameters, share) and exit")
     t.add_argument("--resume", action="store_true",
@@ -138,6 +142,9 @@ def validate(args):
 @exit_on_usage_error
 def main(argv=None):
     args = validate(build_parser().parse_args(argv))
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made every small op
+    # wait 8-16 ms for the other thread here. Must be set before torch is imported; the user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .experiment import run  # heavy imports (torch, transformers) only after the flags are known to be good
     try:
         run(args)

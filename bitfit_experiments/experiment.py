@@ -9,6 +9,7 @@ import os
 import resource
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from .checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, 
 from .batching import encode
 from .errors import UsageError
 from .evaluator import GLUEEvaluator
+from .features import cache_features, predict_head_logits, train_head_epoch
 from .io_utils import atomic_write_json, library_versions
 from .model import load_model, load_tokenizer, resolve_device
 from .plots import plot_bias_heatmap, plot_learning_curves
@@ -134,6 +136,21 @@ def run(args, return_evaluator=False):
     model.to(device)
     guard = selection.MaskGuard(model, sel) if sel.masks else None
     trainable = [p for p in model.parameters() if p.requires_grad]
+    progress = not args.no_progress
+
+    # frozen: the encoder never changes, so run it once per split and train the head on its cached outputs.
+    train_data, eval_data, train_fn, predict_fn = train_enc, dict(eval_encs), train_epoch, predict_logits
+    cached = False
+    if args.fine_tune_type == "frozen" and args.cache_features:
+        try:
+            cache = partial(cache_features, model, batch_size=args.eval_batch_size, device=device,
+                            pad_token_id=tokenizer.pad_token_id, precision=args.precision, progress=progress)
+            train_data = cache(train_enc, desc="features train")
+            eval_data = {s: train_data if e is train_enc else cache(e, desc=f"features {s}")
+                         for s, e in eval_encs.items()}
+            train_fn, predict_fn, cached = train_head_epoch, predict_head_logits, True
+        except ValueError as e:  # a head that reads more than what is cached: use the plain loop
+            print(f"note: {e}; the frozen encoder runs every step", flush=True)
     steps_per_epoch = -(-len(train_enc.lengths) // args.batch_size)
     optimizer = build_optimizer(trainable, args.optimizer, args.learning_rate, args.weight_decay)
     scheduler = build_scheduler(optimizer, args.lr_schedule, steps_per_epoch * args.epochs, args.warmup_ratio)
@@ -151,7 +168,7 @@ def run(args, return_evaluator=False):
         "trainable_params": report["trainable_params"], "total_params": report["total_params"],
         "trainable_share": report["trainable_share"], "paper_param_share": report["paper_param_share"],
         "epochs": [], "best_epoch": None, "last_epoch": None, "best": None, "last": None,
-        "total_train_time_sec": 0.0, "peak_memory_mb": None, "resumed_after_epochs": [],
+        "total_train_time_sec": 0.0, "peak_memory_mb": None, "resumed_after_epochs": [], "cached_features": cached,
     }
     start_epoch = 1
     ckpt = load_checkpoint(out) if args.resume and os.path.isdir(out) else None
@@ -176,21 +193,20 @@ def run(args, return_evaluator=False):
         print(selection.format_report(report))
 
     # --- the loop -------------------------------------------------------------------------------------------------
-    progress = not args.no_progress
     try:
         for epoch in range(start_epoch, args.epochs + 1):
             # The shuffle of epoch e depends only on (seed, e), so a resumed run sees the same order.
             generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
             start = time.perf_counter()
-            train_loss = train_epoch(
-                model, train_enc, optimizer, scheduler, guard, batch_size=args.batch_size, generator=generator,
+            train_loss = train_fn(
+                model, train_data, optimizer, scheduler, guard, batch_size=args.batch_size, generator=generator,
                 device=device, pad_token_id=tokenizer.pad_token_id, is_regression=task.is_regression,
                 precision=args.precision, scaler=scaler, group_by_length=args.group_by_length,
                 trainable_params=trainable, progress=progress, desc=f"epoch {epoch}/{args.epochs}")
             epoch_time = time.perf_counter() - start
             epoch_metrics = {}
             for split, enc in eval_encs.items():
-                logits = predict_logits(model, enc, batch_size=args.eval_batch_size, device=device,
+                logits = predict_fn(model, eval_data[split], batch_size=args.eval_batch_size, device=device,
                                         pad_token_id=tokenizer.pad_token_id, precision=args.precision,
                                         progress=progress, desc=f"eval {split}")
                 epoch_metrics[split] = metrics.compute_metrics(task.name, metrics.logits_to_predictions(task.name, logits),

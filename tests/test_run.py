@@ -31,6 +31,7 @@ def test_every_type_runs_and_writes_outputs(tmp_path, tiny_model_dir, tiny_glue_
     assert (out / "bias_changes.png").exists() == (ftype == "bitfit")
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "complete" and len(saved["epochs"]) == 2
+    assert saved["cached_features"] == (ftype == "frozen")
     assert saved["best_epoch"] in (1, 2) and saved["last_epoch"] == 2
     config = json.loads((out / "config.json").read_text())
     assert config["args"]["fine_tune_type"] == ftype and config["versions"]["torch"]
