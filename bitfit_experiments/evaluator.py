@@ -10,8 +10,6 @@ Saved as a plain folder -- `model.safetensors` + the Hugging Face config + the t
 """
 import json
 import os
-import shutil
-import tempfile
 
 import pandas as pd
 import torch
@@ -19,7 +17,7 @@ import torch
 from . import data, metrics
 from .batching import encode
 from .errors import UsageError
-from .io_utils import atomic_write_json
+from .io_utils import atomic_directory, atomic_write_json
 from .trainer import predict_logits
 
 FORMAT = "bitfit-glue-evaluator/1"
@@ -60,22 +58,12 @@ class GLUEEvaluator:
 
     def save(self, directory):
         """Write the evaluator folder atomically: built in a temporary sibling, then renamed into place."""
-        directory = os.path.abspath(directory)
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(directory) + ".")
-        try:
+        with atomic_directory(directory) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             atomic_write_json(os.path.join(tmp, "evaluator.json"), {
                 "format": FORMAT, "task": self.task.name, "max_seq_length": self.max_seq_length,
                 "config": self.config, "history": self.history})
-            if os.path.exists(directory):
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

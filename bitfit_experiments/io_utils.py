@@ -7,6 +7,7 @@ a run is complete) therefore sees the previous complete file or the new complete
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -28,6 +29,29 @@ def atomic_open(path, mode="w", **kwargs):
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def atomic_directory(path):
+    """Build a directory in a temporary sibling (yielded); on success it replaces `path` as a whole, so readers see
+    the old complete folder or the new one. (Replacing an existing folder takes two renames: a crash between them
+    leaves no folder under `path`, never a half-written one.)"""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".")
+    try:
+        yield tmp
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".old.")
+            os.replace(path, os.path.join(old, "x"))
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -34,8 +34,6 @@ refuses any other base.
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +41,7 @@ from torch import nn
 
 from . import data
 from .errors import UsageError
-from .io_utils import atomic_write_json
+from .io_utils import atomic_directory, atomic_write_json
 from .selection import split_base_head
 
 FORMAT = "bitfit-glue-pack"
@@ -188,11 +186,7 @@ def write_pack(directory, model, snap, selection, *, base_model, task, label_nam
     state = model.state_dict()
     full_bytes = sum(t.numel() * t.element_size() for t in state.values())
 
-    directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(directory) + ".")
-    try:
+    with atomic_directory(directory) as tmp:
         tensor_path = os.path.join(tmp, TENSORS_FILE)
         save_file(tensors, tensor_path, metadata={"format": f"{FORMAT}/{VERSION}"})
         pack_bytes = os.path.getsize(tensor_path)
@@ -217,12 +211,6 @@ def write_pack(directory, model, snap, selection, *, base_model, task, label_nam
             **(extra or {}),
         }
         atomic_write_json(os.path.join(tmp, MANIFEST_FILE), manifest)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
