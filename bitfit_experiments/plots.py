@@ -24,6 +24,9 @@ def plot_learning_curves(results, path):
     metric_names = list(results["epochs"][0]["metrics"][splits[0]])
     fig, axes = plt.subplots(1, len(metric_names) + 1, figsize=(4.2 * (len(metric_names) + 1), 3.4), squeeze=False)
     axes = axes[0]
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, name in zip(axes, metric_names):
         for split in splits:
             values = [e["metrics"][split].get(name, np.nan) for e in results["epochs"]]
