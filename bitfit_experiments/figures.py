@@ -107,12 +107,15 @@ def training_size_curves(cells, results_by_path, out):
         ax.set_title(f"{task.upper()}, {model}: BitFit vs Full-FT by training size", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out, "train_size_" + _slug(model, task) + ".png")
-        atomic_save_figure(fig, path, dpi=130)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, os.path.join(out, "train_size_" + _slug(model, task) + ".png")))
     return written
+
+
+def _save(plt, fig, path):
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def _curve(results_list, split):
@@ -153,11 +156,7 @@ def generalization_gap(cells, results_by_path, out):
             a.set_xlabel("epoch")
             a.grid(alpha=0.3)
             a.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out, "generalization_gap_" + _slug(model, task) + ".png")
-        atomic_save_figure(fig, path, dpi=130)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, os.path.join(out, "generalization_gap_" + _slug(model, task) + ".png")))
     return written
 
 
