@@ -44,11 +44,12 @@ def peak_memory_mb(device):
 
 
 def bias_changes(model, initial, families):
-    """Mean |b_f - b_0| per family and layer: the quantity of the paper's Figure 1."""
+    """Mean |b_f - b_0| per family and layer: the quantity of the paper's Figure 1. `initial` holds the original
+    values of the trained tensors (the pack snapshot); a family that did not train changed by exactly 0."""
     params = dict(model.named_parameters())
-    out = {}
-    for family, entries in families.items():
-        out[family] = [float((params[name].detach().float().cpu() - initial[name]).abs().mean()) for _, name in entries]
+    out = {family: [float((params[name].detach().float().cpu() - initial[name].float()).abs().mean())
+                    if name in initial else 0.0 for _, name in entries]
+           for family, entries in families.items()}
     return {"layers": max((len(v) for v in out.values()), default=0), "families": out,
             "notation": {f: selection.PAPER_NOTATION[f] for f in out}}
 
@@ -156,9 +157,6 @@ def run(args, return_evaluator=False):
     scheduler = build_scheduler(optimizer, args.lr_schedule, steps_per_epoch * args.epochs, args.warmup_ratio)
     scaler = torch.amp.GradScaler("cuda") if (args.precision == "fp16" and device.type == "cuda") else None
     families = selection.bias_families(model) if args.fine_tune_type == "bitfit" else {}
-    named = dict(model.named_parameters())
-    initial_biases = {name: named[name].detach().float().cpu().clone()
-                      for entries in families.values() for _, name in entries}
 
     results = {
         "status": "running", "failure_reason": None, "task": task.name, "model_name": args.model_name,
@@ -232,7 +230,7 @@ def run(args, return_evaluator=False):
     # --- after training -------------------------------------------------------------------------------------------
     plot_learning_curves(results, os.path.join(out, "learning_curves.png"))
     if families:
-        changes = bias_changes(model, initial_biases, families)
+        changes = bias_changes(model, snap.values, families)
         atomic_write_json(os.path.join(out, "bias_changes.json"), changes)
         plot_bias_heatmap(changes, os.path.join(out, "bias_changes.png"),
                           title=f"Change in bias components ({task.name.upper()})")

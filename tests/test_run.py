@@ -51,6 +51,10 @@ def test_frozen_weights_bit_identical_after_training(tmp_path, tiny_model_dir, t
     allowed = {n for n in base if n.endswith(("attention.self.query.bias", "intermediate.dense.bias", "pooler.dense.bias"))}
     assert changed <= allowed
     assert any("query.bias" in n for n in changed) and any("intermediate.dense.bias" in n for n in changed)
+    # the heatmap's numbers: trained families moved, the others exactly not
+    fam = json.loads((tmp_path / "o" / "bias_changes.json").read_text())["families"]
+    assert all(v > 0 for v in fam["query"] + fam["intermediate"])
+    assert all(v == 0.0 for f in ("key", "value", "output", "output_layernorm") for v in fam[f])
 
 
 def test_evaluator_round_trip_predicts_identically(tmp_path, tiny_model_dir, tiny_glue_dir):
