@@ -2,7 +2,8 @@
 # add_grid, then calls run_all. Everything is steered by environment variables:
 #
 #   DRY_RUN=1          print one line per run (the exact run_glue.py command) and exit; nothing is run or checked
-#   GPUS="0 1 2 3"     one worker per listed GPU, each running one run at a time (-d N); empty: one CPU worker
+#   GPUS="0 1 2 3"     one worker per listed GPU, each running one run at a time (-d N); empty: CPU workers
+#   CPU_WORKERS=2      without GPUS: that many runs at a time, the cores split between them (default 1)
 #   SLURM=1            submit the sweep as `sbatch --array=0-(N-1)` (SBATCH_ARGS="--gres=gpu:1 ..." passed through);
 #                      inside the array job, SLURM_ARRAY_TASK_ID selects the one run to do
 #   EPOCHS=16 BATCH=16 SEEDS="0 1 2 3 4"   the paper's batch size, the official code's epochs, 5 seeds
@@ -187,8 +188,19 @@ run_all() {
     claims="$(mktemp -d)"
     [[ -n "$BUDGET_MINUTES" ]] && deadline=$(($(date +%s) + BUDGET_MINUTES * 60))
     echo "sweep: $n runs into $RUNS_DIR (${GPUS:+GPUs $GPUS}${GPUS:-CPU})"
-    if [[ -z "$GPUS" ]]; then
+    if [[ -z "$GPUS" && "${CPU_WORKERS:-1}" -le 1 ]]; then
         worker "" "$claims" "$deadline" || failed=1
+    elif [[ -z "$GPUS" ]]; then
+        # Several single-run workers on the CPU, the cores split between them: small-batch BERT steps scale poorly
+        # across threads, so two 1-thread runs do more work than one 2-thread run on 2 cores.
+        local w threads=$(( $(nproc) / CPU_WORKERS ))
+        ((threads >= 1)) || threads=1
+        echo "sweep: $CPU_WORKERS CPU workers x $threads thread(s)"
+        for ((w = 0; w < CPU_WORKERS; w++)); do
+            (export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; worker "" "$claims" "$deadline") &
+            pids+=($!)
+        done
+        for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
     else
         for gpu in $GPUS; do
             worker "$gpu" "$claims" "$deadline" &

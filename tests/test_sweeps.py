@@ -18,7 +18,7 @@ if os.path.exists(out) and os.listdir(out):
     sys.exit(2)  # like run_glue.py: refuses a non-empty output directory
 os.makedirs(out, exist_ok=True)
 with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(json.dumps(args) + "\n")
+    f.write(json.dumps(args + ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "")]) + "\n")
 status = "failed" if get("-t") == os.environ.get("FAKE_FAIL_TASK") else "complete"
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"status": status}, f)
@@ -134,3 +134,13 @@ def test_gpu_workers_and_slurm_array(tmp_path):
     one = calls(slurm)
     assert len(one) == 1 and "-d" not in one[0]
     assert sweep("table1.sh", tmp_path, SLURM_ARRAY_TASK_ID="6", **env).returncode == 2
+
+
+def test_cpu_workers_split_the_cores(tmp_path):
+    p = sweep("table1.sh", tmp_path, TASKS="rte mrpc", SEEDS="0 1", LRS_FULL="2e-5", LRS_BIAS="1e-3", CPU_WORKERS="2")
+    assert p.returncode == 0, p.stderr
+    done = calls(tmp_path)
+    assert len(done) == 8 and len({c[c.index("-o") + 1] for c in done}) == 8  # each run once, across both workers
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)  # what nproc counts
+    assert all("-d" not in c and c[-1] == f"OMP_NUM_THREADS={threads}" for c in done)
+    assert "2 CPU workers" in p.stdout
