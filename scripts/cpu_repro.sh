@@ -17,6 +17,7 @@
 # Outputs: runs in results/cpu_repro/runs; table.md/table.tex, figures/ and claims.txt in results/cpu_repro/.
 # This preset's defaults, set before the library fills in the paper-scale ones.
 EPOCHS="${EPOCHS:-2}"
+CPU_WORKERS="${CPU_WORKERS:-2}"  # two 1-thread runs at a time on 2 cores (see sweep_lib.sh)
 EXTRA_ARGS="${EXTRA_ARGS:---no-progress}"
 SEEDS="${SEEDS:-0 1 2}"
 LRS_BIAS="${LRS_BIAS:-1e-3 4e-4}"
