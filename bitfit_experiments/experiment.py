@@ -97,7 +97,6 @@ def run(args, return_evaluator=False):
     out = args.output_path
 
     # --- inputs: all checked before anything is written -------------------------------------------------------
-    previous = None
     if not args.list_params:
         if args.resume:
             previous = _check_resumable(out, args)

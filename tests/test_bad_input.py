@@ -49,19 +49,19 @@ def assert_one_line_error(code, err, *names):
     return lines[0]
 
 
-def run_main(capsys, argv):
-    """cli.main in-process: (exit code, stderr)."""
+def run_main(capsys, argv, main=None):
+    """A CLI's main in-process (default: run_glue's cli.main): (exit code, stderr)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in argv])
+        (main or cli.main)([str(a) for a in argv])
     return exc.value.code, capsys.readouterr().err
 
 
-def expect_error(capsys, argv, *names, untouched=()):
+def expect_error(capsys, argv, *names, untouched=(), main=None):
     """Run the CLI, check the one-line error, and check every path in `untouched` is byte-identical afterwards
     (a path that did not exist must still not exist)."""
     before = {str(p): snapshot(p) for p in untouched}
-    code, err = run_main(capsys, argv)
+    code, err = run_main(capsys, argv, main)
     line = assert_one_line_error(code, err, *names)
     for p, snap in before.items():
         assert snapshot(p) == snap, f"{p} changed although the run was refused"
@@ -552,19 +552,12 @@ def pack_copy(tmp_path, pack_setup):
 
 def run_predict(capsys, argv):
     from bitfit_experiments import predict
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        predict.main([str(a) for a in argv])
-    return exc.value.code, capsys.readouterr().err
+    return run_main(capsys, argv, predict.main)
 
 
 def expect_predict_error(capsys, argv, *names, untouched=()):
-    before = {str(p): snapshot(p) for p in untouched}
-    code, err = run_predict(capsys, argv)
-    line = assert_one_line_error(code, err, *names)
-    for p, snap in before.items():
-        assert snapshot(p) == snap, f"{p} changed although predict was refused"
-    return line
+    from bitfit_experiments import predict
+    return expect_error(capsys, argv, *names, untouched=untouched, main=predict.main)
 
 
 def test_pack_good_copy_predicts(capsys, pack_setup, pack_copy):
