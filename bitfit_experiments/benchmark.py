@@ -131,10 +131,11 @@ def run_case(task_name, fine_tune_type, pipeline, *, model_path, data_dir, steps
              precision="fp32", gpu_device=None, seed=0, repeats=2):
     import numpy as np
     import torch
-    from . import data, features, metrics, selection
+    from . import data, features, metrics, selection, step_costs
     from .batching import batch_order, collate, encode
     from .model import load_model, load_tokenizer, resolve_device
-    from .trainer import build_optimizer, build_scheduler, predict_logits, set_seed, to_device, train_step
+    from .trainer import (autocast_context, build_optimizer, build_scheduler, compute_loss, predict_logits, set_seed,
+                          to_device, train_step)
 
     device = resolve_device(gpu_device)
     official = pipeline == "official"
@@ -214,12 +215,31 @@ def run_case(task_name, fine_tune_type, pipeline, *, model_path, data_dir, steps
     train_peak = _status_mb("VmHWM") if can_reset else None
     if device.type == "cuda":
         train_peak = torch.cuda.max_memory_allocated(device) / 2**20
+    if not use_cache:
+        # Where the step's time and memory go (step_costs.py): the same step's matrix products alone, and the
+        # tensors it keeps alive. Measured after the peak above was read, so they do not disturb it.
+        gemm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        floors, gemm_flops = [], 0
+        for batch in batches[1:]:
+            plan = step_costs.gemm_plan(step_costs.linear_shapes(model, to_device(batch, device)), fine_tune_type)
+            sec, flops = step_costs.gemm_floor_sec(plan, device, gemm_dtype, repeats)
+            floors.append(sec)
+            gemm_flops += flops
+        largest = max(batches[1:], key=lambda b: b["input_ids"].numel())
+        loss_fn = partial(compute_loss, is_regression=task.is_regression)
+        result["gemm_step_sec"] = sum(floors) / len(floors)
+        result["gemm_share_of_peak"] = gemm_flops / sum(floors) / 1e9 / peak_prec
+        result["tensor_footprint"] = step_costs.tensor_footprint(model, optimizer, to_device(largest, device), loss_fn,
+                                                                 autocast_context(device, precision))
     timed = times[1:]
     first_tokens = int(train_enc.lengths[order[0]].sum())
     timed_real = real_tokens - first_tokens
     timed_padded = (sum(b["input_ids"].numel() for b in batches[1:]) if not use_cache else timed_real)
     step_time = sum(timed) / len(timed)
     train_epoch_sec = step_time * n_train_batches
+    if "gemm_step_sec" in result:
+        result["gemm_share_of_step"] = result["gemm_step_sec"] / step_time
+        result["gemm_only_epoch_sec"] = result["gemm_step_sec"] * n_train_batches
     result.update(step_time_sec=step_time, train_epoch_sec=train_epoch_sec,
                   real_tokens_per_sec=timed_real / sum(timed), padding_share=1 - timed_real / max(1, timed_padded))
     if not use_cache:
@@ -331,7 +351,19 @@ def summarise(rows):
                "memory_vs_full_ft": (r["train_peak_mb"] / full["train_peak_mb"])
                if full and r.get("train_peak_mb") and full.get("train_peak_mb") else None,
                "increase_vs_full_ft": (r["peak_increase_mb"] / full["peak_increase_mb"])
-               if full and r.get("peak_increase_mb") and full.get("peak_increase_mb") else None}
+               if full and r.get("peak_increase_mb") and full.get("peak_increase_mb") else None,
+               # where the time and memory go (absent for the cached frozen path)
+               "step_ms_ours": 1000 * r["step_time_sec"],
+               "gemm_ms_ours": r.get("gemm_step_sec") and 1000 * r["gemm_step_sec"],
+               "gemm_share_of_step_ours": r.get("gemm_share_of_step"),
+               "gemm_share_of_step_official": off.get("gemm_share_of_step") if off else None,
+               "gemm_ceiling_ours": r.get("gemm_share_of_peak"),
+               "gemm_ceiling_official": off.get("gemm_share_of_peak") if off else None,
+               "ratio_if_only_gemms": (off[key] / (r["gemm_only_epoch_sec"] + r["eval_epoch_sec"]))
+               if off and ft != "frozen" and r.get("gemm_only_epoch_sec") else None,
+               "tensor_footprint_ours": r.get("tensor_footprint"),
+               "tensors_vs_full_ft": (r["tensor_footprint"]["total_mb"] / full["tensor_footprint"]["total_mb"])
+               if full and r.get("tensor_footprint") and full.get("tensor_footprint") else None}
         table.append(row)
     return table
 
@@ -368,7 +400,35 @@ def to_markdown(table, meta):
               "(GPU: max_memory_allocated). train peak = peak RSS during the training steps (VmHWM reset before "
               "them), compared with full_ft at the same batch size and pipeline; train increase = that peak minus the "
               "RSS before training (imports, model and tokenized data excluded)."]
+    lines += ["", "Where the time and memory go (bitfit_experiments/step_costs.py, same processes):", "",
+              "| task | type | prec | step ms | GEMM-only ms | GEMMs' share of step (official) | GEMMs at these shapes, "
+              "% of peak (official) | achieved % peak | ratio if only GEMMs cost | tensors MB: weights + grads + "
+              "optimizer + saved activations | tensors / full_ft |", "|" + "---|" * 11]
+    for r in table:
+        if r["gemm_ms_ours"] is None:
+            continue
+        fp = r["tensor_footprint_ours"]
+        lines.append(
+            f"| {r['task']} | {r['fine_tune_type']} | {r['precision']} | {r['step_ms_ours']:.0f} "
+            f"| {r['gemm_ms_ours']:.0f} | {_pct(r['gemm_share_of_step_ours'])} ({_pct(r['gemm_share_of_step_official'])}) "
+            f"| {_pct(r['gemm_ceiling_ours'])} ({_pct(r['gemm_ceiling_official'])}) | {_pct(r['share_of_peak_ours'])} "
+            f"| {_f(r['ratio_if_only_gemms'], '.1f')}x "
+            f"| {fp['total_mb']:.0f} = {fp['weights_mb']:.0f} + {fp['grads_mb']:.1f} + {fp['optimizer_state_mb']:.1f} "
+            f"+ {fp['saved_activations_mb']:.0f} | {_pct(r['tensors_vs_full_ft'])} |")
+    lines += ["", "GEMM-only = the step's own matrix products (every nn.Linear call recorded with hooks: forward, "
+              "activation gradients, and weight gradients where weights train) timed alone on random tensors of "
+              "the same shapes; no step can be faster without a faster GEMM. 'GEMMs at these shapes' = their FLOPs "
+              "over that time, against the same peak: the most a step of this batch can reach. 'ratio if only GEMMs "
+              "cost' = official epoch / (GEMM-only epoch + our evaluation): the bound if attention, normalisation, "
+              "activation, dropout, optimizer and framework time were all free. Tensors = bytes of weights, "
+              "gradients of trainable parameters, optimizer state and the activations autograd saves for backward "
+              "(saved_tensors_hooks, largest timed batch): what a GPU's max_memory_allocated measures, without the "
+              "libraries in the RSS."]
     return "\n".join(lines) + "\n"
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def main(argv=None):
