@@ -1,13 +1,18 @@
 """Does the paper hold on our runs? Claim by claim, from the same aggregation as the tables.
 
-    python -m bitfit_experiments.claims RUNS_DIR [--epoch-selection best|last] [--out FILE]
+    python -m bitfit_experiments.claims RUNS_DIR [--epoch-selection best|last] [--data-dir GLUE_DIR] [--out FILE]
 
 Each claim prints HOLDS, FAILS or UNTESTED (the runs it needs are missing) with the numbers behind it and the
 paper's own numbers on the same tasks (BERT-base, Table 3). Averages are the paper's Avg. (MNLI m/mm as one
-task) over the tasks BOTH compared methods have, so a missing task never tilts a comparison.
+task) over the tasks BOTH compared methods have, so a missing task never tilts a comparison. A difference no larger
+than the seeds' own spread (mean over those tasks of the larger of the two std's) is flagged "within seed noise":
+such a HOLDS or FAILS says little either way.
 The "close" and "far" thresholds below are ours -- the paper says "marginally lower", "much worse" in words.
+With the GLUE files (--data-dir, default $GLUE_DIR) the report ends with each task's majority-class baseline and
+every method's score beside it: a method at that baseline has not learned the task, whatever the claims say.
 """
 import argparse
+import os
 
 from . import tables
 from .errors import UsageError, exit_on_usage_error
@@ -47,7 +52,63 @@ def compare(rows, paper, model, a, b, test, claim):
     va, vb, tasks = pair
     detail = (f"{a} {va:.1f} vs {b} {vb:.1f} ({va - vb:+.1f}) over {len(tasks)} tasks ({' '.join(tasks)})"
               + _paper_pair(paper, a, b, tasks))
+    noise = seed_noise(rows[(model, a)], rows[(model, b)], tasks)
+    if noise is None:
+        detail += "; one seed per cell, noise unknown"
+    elif abs(va - vb) <= noise:
+        detail += f"; within seed noise (std ~{noise:.1f})"
     return claim, "HOLDS" if test(va - vb) else "FAILS", detail
+
+
+def seed_noise(row_a, row_b, tasks):
+    """Mean over `tasks` of the larger seed std of the two cells (MNLI: its columns averaged); None if no cell
+    has two seeds."""
+    per_task = []
+    for task in tasks:
+        cells = [row[task] for row in (row_a, row_b) if row[task]["n"] > 1]
+        if cells:
+            per_task.append(max(sum(c["std"].values()) / len(c["std"]) for c in cells))
+    return sum(per_task) / len(per_task) if per_task else None
+
+
+def majority_baselines(tasks, data_dir):
+    """{column: headline dev metric x100} of always predicting the training split's most frequent label
+    (the dev split's when the training file is absent). STS-B (regression) has none."""
+    from . import data, metrics
+    out = {}
+    for task in tasks:
+        spec = data.get_task(task)
+        if spec.is_regression:
+            continue
+        source = "train" if os.path.isfile(data.split_path(task, "train", data_dir)) else spec.eval_splits[0]
+        label = int(data.load_split(task, source, data_dir)["label"].value_counts().idxmax())
+        for split in spec.eval_splits:
+            refs = data.load_split(task, split, data_dir)["label"].to_numpy()
+            value = metrics.compute_metrics(task, [label] * len(refs), refs)[spec.headline]
+            column = {"dev_matched": "mnli_m", "dev_mismatched": "mnli_mm"}.get(split, task)
+            out[column] = (100.0 * value, source)
+    return out
+
+
+def baseline_report(rows, data_dir):
+    """Lines: per task, the majority baseline and each method's mean (marked when within 1 point of it)."""
+    columns = [c for c in tables.COLUMNS if any(c in tables.column_values(r) for r in rows.values())]
+    tasks = sorted({"mnli" if c.startswith("mnli") else c for c in columns}, key=tables.TASKS.index)
+    base = majority_baselines(tasks, data_dir)
+    lines = ["Context: majority-class baseline on dev (always the most frequent training label; "
+             "(at baseline) marks a method within 1 point of it: it has not left the baseline)"]
+    for col in columns:
+        if col not in base:
+            continue
+        value, source = base[col]
+        marks = []
+        for (model, method), row in rows.items():
+            v = tables.column_values(row).get(col)
+            if v is not None:
+                marks.append(f"{method} {v:.1f}" + (" (at baseline)" if abs(v - value) <= 1.0 else ""))
+        lines.append(f"  {col}: majority {value:.1f}" + (f" (label from {source})" if source != "train" else "")
+                     + " | " + ", ".join(marks))
+    return lines
 
 
 def heatmap_claims(cells, model):
@@ -73,13 +134,17 @@ def heatmap_claims(cells, model):
     return out
 
 
-def check_claims(runs_dir, selection="best"):
-    """-> list of (model, claim, status, detail)."""
+def _rows(runs_dir, selection):
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
     cells = tables.aggregate(runs, selection)
-    rows = tables.table_rows(cells)
+    return cells, tables.table_rows(cells)
+
+
+def check_claims(runs_dir, selection="best"):
+    """-> list of (model, claim, status, detail)."""
+    cells, rows = _rows(runs_dir, selection)
     paper = tables.load_paper(3)
     results = []
     for model in sorted({m for m, _ in rows}):
@@ -101,13 +166,17 @@ def check_claims(runs_dir, selection="best"):
     return results
 
 
-def render(results, selection):
+def render(results, selection, context=()):
     lines = [f"Paper claims on these runs (epoch selection: {selection}; Avg. over the tasks both sides have)", ""]
     for model, claim, status, detail in results:
         lines.append(f"{status:9s} {model}: {claim}")
         lines.append(f"          {detail}")
     counts = {s: sum(r[2] == s for r in results) for s in ("HOLDS", "FAILS", "UNTESTED")}
-    lines += ["", "summary: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())]
+    noisy = sum("within seed noise" in r[3] for r in results)
+    lines += ["", "summary: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
+              + (f" ({noisy} within seed noise)" if noisy else "")]
+    if context:
+        lines += [""] + list(context)
     return "\n".join(lines) + "\n"
 
 
@@ -115,9 +184,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.claims", description=__doc__.split("\n")[0])
     ap.add_argument("runs_dir")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
+    ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"),
+                    help="GLUE files for the majority-class baselines (default: $GLUE_DIR; none: no baselines)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args(argv)
-    text = render(check_claims(args.runs_dir, args.epoch_selection), args.epoch_selection)
+    results = check_claims(args.runs_dir, args.epoch_selection)
+    context = baseline_report(_rows(args.runs_dir, args.epoch_selection)[1], args.data_dir) if args.data_dir else ()
+    text = render(results, args.epoch_selection, context)
     if args.out:
         atomic_write_text(args.out, text)
     print(text, end="")

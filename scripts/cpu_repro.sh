@@ -73,5 +73,5 @@ run_all
 report "$RUNS_DIR" "$OUT_DIR" --paper-table 3
 if [[ "${SWEEP_DONE:-0}" == 1 && "${REPORT:-1}" == 1 ]]; then
     (cd "$REPO" && "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures") || echo "figures failed" >&2
-    (cd "$REPO" && "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --out "$OUT_DIR/claims.txt") || echo "claims failed" >&2
+    (cd "$REPO" && "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt") || echo "claims failed" >&2
 fi

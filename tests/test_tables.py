@@ -197,3 +197,30 @@ def test_claims_from_the_same_aggregation(tmp_path, capsys):
     claims.main([r, "--out", str(tmp_path / "claims.txt")])
     assert capsys.readouterr().out == (tmp_path / "claims.txt").read_text()
     assert "summary: 6 holds, 2 fails, 1 untested" in (tmp_path / "claims.txt").read_text()
+
+
+def test_claims_flag_differences_within_seed_noise_and_report_majority_baselines(tmp_path, capsys):
+    from bitfit_experiments import claims, data
+    from tests.conftest import write_tiny_rte
+    r = str(tmp_path / "runs")
+    # Full-FT 70 +- 2.83 over two seeds, BitFit 69: -1.0 is a HOLDS within seed noise.
+    make_run(r, "1", "rte", "full_ft", 2e-5, 0, [0.68])
+    make_run(r, "2", "rte", "full_ft", 2e-5, 1, [0.72])
+    make_run(r, "3", "rte", "bitfit", 1e-3, 0, [0.69])
+    make_run(r, "4", "rte", "bitfit", 1e-3, 1, [0.69])
+    make_run(r, "5", "rte", "frozen", 1e-3, 0, [0.50])
+    got = {c: (s, d) for _, c, s, d in claims.check_claims(r)}
+    status, detail = next(v for c, v in got.items() if c.startswith("BitFit matches"))
+    assert status == "HOLDS" and "within seed noise (std ~2.8)" in detail
+    _, frozen = next(v for c, v in got.items() if c.startswith("Frozen"))
+    assert "noise" not in frozen  # -19 points is far outside 0.0-2.8
+    # the majority baseline: the most frequent training label, scored on dev
+    glue = write_tiny_rte(str(tmp_path / "glue"))
+    train, dev = data.load_split("rte", "train", glue), data.load_split("rte", "dev", glue)
+    majority = train["label"].value_counts().idxmax()
+    expected = 100.0 * (dev["label"] == majority).mean()
+    assert claims.majority_baselines(["rte", "stsb"], glue) == {"rte": (pytest.approx(expected), "train")}
+    claims.main([r, "--data-dir", glue])
+    out = capsys.readouterr().out
+    assert f"rte: majority {expected:.1f} | Full-FT 70.0, BitFit 69.0" in out
+    assert "(1 within seed noise)" in out
