@@ -311,6 +311,57 @@ def _subset(enc, indices):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# whole epochs, end to end: run_glue.py with the official data path vs its defaults
+
+OFFICIAL_FLAGS = ["--pad-to-max-length", "--no-group-by-length", "--eval-train", "--eval-batch-size", "8"]
+
+
+def full_epoch_case(task, fine_tune_type, *, model, data_dir, epochs, train_size, out_dir, seed=0):
+    """Train `epochs` whole epochs twice from the same seed, batch 8: the official pipeline's data path (padding to
+    128, random batches, the training split re-evaluated every epoch, evaluation batches of 8, frozen encoder run
+    every step) and this project's defaults. -> {pipeline: {epoch_sec, dev, dev_metric_name}}."""
+    run_glue = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run_glue.py")
+    out = {}
+    for pipeline in ("official", "ours"):
+        path = os.path.join(out_dir, f"{task}_{fine_tune_type}_{pipeline}")
+        cmd = [sys.executable, run_glue, "-o", path, "-t", task, "-m", model, "-f", fine_tune_type,
+               "-l", str(LR[fine_tune_type]), "-s", str(seed), "-e", str(epochs), "-b", "8", "--data-dir", data_dir,
+               "--no-progress", "--no-checkpoint"]
+        if train_size:
+            cmd += ["--train-size", str(train_size)]
+        if pipeline == "official":
+            cmd += OFFICIAL_FLAGS + (["--no-cache-features"] if fine_tune_type == "frozen" else [])
+        if os.path.exists(path):
+            import shutil
+            shutil.rmtree(path)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        with open(os.path.join(path, "results.json")) as f:
+            res = json.load(f)
+        last = res["epochs"][-1]["metrics"][res["eval_splits"][0]]
+        out[pipeline] = {"epoch_sec": sum(e["epoch_time_sec"] + e["eval_time_sec"] for e in res["epochs"]) / epochs,
+                         "dev": last[res["headline_metric"]], "dev_metric_name": res["headline_metric"],
+                         "command": " ".join(cmd[1:])}
+    return out
+
+
+def full_epoch_markdown(rows, epochs, train_size):
+    lines = ["", f"Whole epochs, end to end (`run_glue.py`, {epochs} epoch(s), batch 8, seed 0"
+             + (f", training subset {train_size}" if train_size else "") + "): official = `"
+             + " ".join(OFFICIAL_FLAGS) + "` (+ `--no-cache-features` for frozen), ours = the defaults.", "",
+             "| task | type | official s/epoch | ours s/epoch | ratio | dev official | dev ours |", "|" + "---|" * 7]
+    for (task, ft), r in rows.items():
+        o, u = r["official"], r["ours"]
+        lines.append(f"| {task} | {ft} | {o['epoch_sec']:.1f} | {u['epoch_sec']:.1f} | {o['epoch_sec'] / u['epoch_sec']:.1f}x "
+                     f"| {o['dev']:.3f} | {u['dev']:.3f} ({o['dev_metric_name']}) |")
+    lines += ["", "s/epoch = training + every evaluation of the epoch, from results.json. The two dev metrics differ "
+              "only through batch composition (length grouping) and dropout draws; tests/test_equivalence.py shows "
+              "the same batch gives the same loss and gradients either way."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the driver: one subprocess per case, then the tables
 
 def cases(tasks, types, bf16_tasks):
@@ -436,7 +487,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="encoder directory or hub id (default: all-MiniLM-L6-v2 package)")
     p.add_argument("--data-dir", default=None, help="GLUE files (default: $GLUE_DIR, else ../shared/glue)")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--tasks", nargs="*", default=list(TASKS), help="tasks of the timed-step cases (none: skip them)")
     p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
     p.add_argument("--bf16-tasks", nargs="*", default=["rte"], help="tasks that also run ours-BitFit in bf16")
     p.add_argument("--steps", type=int, default=6, help="timed training steps per case (+1 warm-up)")
@@ -449,6 +500,12 @@ def main(argv=None):
                    help="OMP_WAIT_POLICY of every case (both pipelines alike). With the default spinning policy, on a "
                    "CPU shared with other jobs every parallel region waits for a descheduled partner thread "
                    "(~8-16 ms per op measured here); 'inherit' keeps the environment's setting")
+    p.add_argument("--full-epoch", nargs="*", default=[], metavar="TASK:TYPE",
+                   help="also train whole epochs end to end with run_glue.py, official data path vs ours, and "
+                   "compare time per epoch and the dev metric (e.g. sst2:bitfit sst2:full_ft)")
+    p.add_argument("--full-epoch-epochs", type=int, default=1, help="epochs of each --full-epoch run")
+    p.add_argument("--full-epoch-train-size", type=int, default=2000,
+                   help="training subset of the --full-epoch runs (0: the whole split)")
     p.add_argument("--gpu-device", type=int, default=None)
     p.add_argument("--out", default="results/benchmark")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: JSON of one case, run in-process
@@ -458,6 +515,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     model = args.model or default_model()
     data_dir = args.data_dir or default_glue_dir()
+    full_specs = [tuple(spec.partition(":")[::2]) for spec in args.full_epoch]
+    for spec, (task, ft) in zip(args.full_epoch, full_specs):
+        if task not in TASKS + ("mrpc", "stsb", "qnli", "wnli") or ft not in TYPES:
+            p.error(f"--full-epoch {spec!r}: use TASK:TYPE with TYPE one of {', '.join(TYPES)}, e.g. sst2:bitfit")
     if args.case:
         task, ft, pipeline, prec = json.loads(args.case)
         res = run_case(task, ft, pipeline, model_path=model, data_dir=data_dir, steps=args.steps,
@@ -495,6 +556,20 @@ def main(argv=None):
         print(f"[{n}/{len(todo)}] {' '.join(case)}: {key} {r[key]:.1f}  step {r['step_time_sec']:.3f}s  "
               f"{r['real_tokens_per_sec']:.0f} real tok/s  dev {r['dev_metric']:.3f}  peak {r['peak_memory_mb']:.0f} MB"
               f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
+    full = {}
+    import shutil
+    import tempfile
+    scratch = tempfile.mkdtemp(prefix="bitfit_full_epoch_")  # run directories (packs are the size of the model)
+    for task, ft in full_specs:
+        t0 = time.perf_counter()
+        full[(task, ft)] = full_epoch_case(task, ft, model=model, data_dir=data_dir, epochs=args.full_epoch_epochs,
+                                           train_size=args.full_epoch_train_size or None,
+                                           out_dir=scratch)
+        r = full[(task, ft)]
+        print(f"[full epoch] {task} {ft}: official {r['official']['epoch_sec']:.1f}s dev {r['official']['dev']:.3f}, "
+              f"ours {r['ours']['epoch_sec']:.1f}s dev {r['ours']['dev']:.3f}  ({time.perf_counter() - t0:.0f}s)",
+              flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     table = summarise(rows)
     meta = {"model": model, "device": "cpu" if args.gpu_device is None else f"cuda:{args.gpu_device}",
             "threads": threads, "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"), "cpu": _cpu_name(), "steps": args.steps, "repeats": args.repeats, "sst2_train_size": args.sst2_train_size,
@@ -502,8 +577,11 @@ def main(argv=None):
             "peak_fp32": max((r.get("matmul_peak_gflops_fp32", 0) for r in rows), default=0.0),
             "total_sec": time.perf_counter() - started, "torch": torch.__version__}
     os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(os.path.join(args.out, "benchmark.json"), {"meta": meta, "summary": table, "cases": rows})
-    md = to_markdown(table, meta)
+    atomic_write_json(os.path.join(args.out, "benchmark.json"), {
+        "meta": meta, "summary": table, "cases": rows,
+        "full_epoch": [{"task": t, "fine_tune_type": ft, **r} for (t, ft), r in full.items()]})
+    md = (to_markdown(table, meta) if rows else "") + (
+        full_epoch_markdown(full, args.full_epoch_epochs, args.full_epoch_train_size) if full else "")
     atomic_write_text(os.path.join(args.out, "benchmark.md"), md)
     print()
     print(md)

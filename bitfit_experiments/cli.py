@@ -67,6 +67,10 @@ def build_parser():
                    help="also evaluate the training split after every epoch (the official code always does; "
                    "needed for the generalization-gap figure)")
     x.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size (does not change results)")
+    x.add_argument("--pad-to-max-length", action="store_true",
+                   help="pad every batch to --max-seq-length, as the official code does (slower; padding is masked, "
+                   "so the function is the same). With --no-group-by-length --eval-train --eval-batch-size 8 "
+                   "(and --no-cache-features for frozen) this is the official pipeline's data path")
     x.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
                    help="form training batches from examples of similar length (shuffled chunks, as HF "
                    "group_by_length) to cut padding; --no-group-by-length gives plain random batches")

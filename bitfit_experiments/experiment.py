@@ -16,7 +16,7 @@ import torch
 
 from . import data, metrics, packs, selection
 from .checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
-from .batching import encode
+from .batching import collate, encode
 from .errors import UsageError
 from .evaluator import GLUEEvaluator
 from .features import cache_features, predict_head_logits, train_head_epoch
@@ -140,6 +140,9 @@ def run(args, return_evaluator=False):
 
     # frozen: the encoder never changes, so run it once per split and train the head on its cached outputs.
     train_data, eval_data, train_fn, predict_fn = train_enc, dict(eval_encs), train_epoch, predict_logits
+    if args.pad_to_max_length:
+        padded = partial(collate, pad_to=args.max_seq_length)
+        train_fn, predict_fn = partial(train_epoch, collate_fn=padded), partial(predict_logits, collate_fn=padded)
     cached = False
     if args.fine_tune_type == "frozen" and args.cache_features:
         try:

@@ -94,3 +94,23 @@ def test_list_params_prints_report_and_writes_nothing(tmp_path, tiny_model_dir, 
     text = capsys.readouterr().out
     assert "b_q" in text and "paper %Param" in text
     assert not os.listdir(tmp_path)
+
+
+def test_pad_to_max_length_pads_every_training_and_eval_batch(tmp_path, tiny_model_dir, tiny_glue_dir, monkeypatch):
+    from bitfit_experiments import batching, experiment
+    widths = []
+
+    def recording_collate(enc, indices, pad_token_id, pad_to=None):
+        batch = batching.collate(enc, indices, pad_token_id, pad_to=pad_to)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(experiment, "collate", recording_collate)
+    args = tiny_args(tmp_path / "o", tiny_model_dir, tiny_glue_dir, "-f", "bitfit", "--max-seq-length", "40",
+                     "--pad-to-max-length", "--no-group-by-length", "--eval-train", "--eval-batch-size", "8")
+    assert run(args)["status"] == "complete"
+    # 2 epochs x (8 training batches + 8 train-eval + 3 dev batches), all 40 wide (the tiny data is shorter)
+    assert widths == [40] * (2 * (8 + 8 + 3))
+    widths.clear()
+    run(tiny_args(tmp_path / "p", tiny_model_dir, tiny_glue_dir, "-f", "bitfit", "--max-seq-length", "40"))
+    assert widths == []  # the default path pads each batch to its own longest sequence
