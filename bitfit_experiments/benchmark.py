@@ -324,7 +324,7 @@ def full_epoch_case(task, fine_tune_type, *, model, data_dir, epochs, train_size
     out = {}
     for pipeline in ("official", "ours"):
         path = os.path.join(out_dir, f"{task}_{fine_tune_type}_{pipeline}")
-        cmd = [sys.executable, run_glue, "-o", path, "-t", task, "-m", model, "-f", fine_tune_type,
+        cmd = [sys.executable, run_glue, "-o", path, "-t", task, "-m", str(model), "-f", fine_tune_type,
                "-l", str(LR[fine_tune_type]), "-s", str(seed), "-e", str(epochs), "-b", "8", "--data-dir", data_dir,
                "--no-progress", "--no-checkpoint"]
         if train_size:

@@ -1,11 +1,12 @@
 """The benchmark's whole-epoch comparison (run_glue.py, official data path vs defaults) on a tiny model."""
 import json
+import pathlib
 
 from bitfit_experiments import benchmark
 
 
 def test_full_epoch_case_runs_both_pipelines(tmp_path, tiny_model_dir, tiny_glue_dir):
-    out = benchmark.full_epoch_case("rte", "bitfit", model=tiny_model_dir, data_dir=tiny_glue_dir, epochs=1,
+    out = benchmark.full_epoch_case("rte", "bitfit", model=pathlib.Path(tiny_model_dir), data_dir=tiny_glue_dir, epochs=1,
                                     train_size=None, out_dir=str(tmp_path))
     assert set(out) == {"official", "ours"}
     for pipeline, r in out.items():
