@@ -69,11 +69,13 @@ def build_parser():
     x.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size (does not change results)")
     x.add_argument("--pad-to-max-length", action="store_true",
                    help="pad every batch to --max-seq-length, as the official code does (slower; padding is masked, "
-                   "so the function is the same). With --no-group-by-length --eval-train --eval-batch-size 8 "
+                   "so the function is the same). With --eval-train --eval-batch-size 8 "
                    "(and --no-cache-features for frozen) this is the official pipeline's data path")
-    x.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
-                   help="form training batches from examples of similar length (shuffled chunks, as HF "
-                   "group_by_length) to cut padding; --no-group-by-length gives plain random batches")
+    x.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=False,
+                   help="opt-in speed: form training batches from examples of similar length (shuffled chunks, as HF "
+                   "group_by_length) to cut padding (~1.8x faster epochs on SST-2). It changes what is learned: "
+                   "BitFit, SST-2 2k, 1 epoch, 4 seeds: dev 0.716+-0.037 grouped vs 0.760+-0.013 with the default "
+                   "random batches (the official code's)")
 
     t = p.add_argument_group("training")
     t.add_argument("--rand-mask-size", type=int, default=None,

@@ -18,7 +18,8 @@
 # This preset's defaults, set before the library fills in the paper-scale ones.
 EPOCHS="${EPOCHS:-2}"
 CPU_WORKERS="${CPU_WORKERS:-2}"  # two 1-thread runs at a time on 2 cores (see sweep_lib.sh)
-EXTRA_ARGS="${EXTRA_ARGS:---no-progress}"
+# --group-by-length: the committed runs were made with it (it was the default then); keep it when continuing.
+EXTRA_ARGS="${EXTRA_ARGS:---no-progress --group-by-length}"
 SEEDS="${SEEDS:-0 1 2}"
 LRS_BIAS="${LRS_BIAS:-1e-3 4e-4}"
 LRS_FULL="${LRS_FULL:-5e-5 2e-5}"
