@@ -26,8 +26,10 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 
@@ -87,7 +89,7 @@ def peak_mb(device):
 def matmul_peak_gflops(device, dtype_name="fp32", n=2048, seconds=1.0):
     """Best of a few timed bursts of n x n matmuls: the achievable GEMM rate of this machine, right now."""
     import torch
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    dtype = torch_dtype(dtype_name)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
@@ -101,6 +103,11 @@ def matmul_peak_gflops(device, dtype_name="fp32", n=2048, seconds=1.0):
         sync(device)
         best = max(best, 2 * n**3 * k / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def torch_dtype(precision):
+    import torch
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def sync(device):
@@ -216,31 +223,29 @@ def run_case(task_name, fine_tune_type, pipeline, *, model_path, data_dir, steps
     train_peak = _status_mb("VmHWM") if can_reset else None
     if device.type == "cuda":
         train_peak = torch.cuda.max_memory_allocated(device) / 2**20
-    if not use_cache:
-        # Where the step's time and memory go (step_costs.py): the same step's matrix products alone, and the
-        # tensors it keeps alive. Measured after the peak above was read, so they do not disturb it.
-        gemm_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        floors, gemm_flops = [], 0
-        for batch in batches[1:]:
-            plan = step_costs.gemm_plan(step_costs.linear_shapes(model, to_device(batch, device)), fine_tune_type)
-            sec, flops = step_costs.gemm_floor_sec(plan, device, gemm_dtype, repeats)
-            floors.append(sec)
-            gemm_flops += flops
-        largest = max(batches[1:], key=lambda b: b["input_ids"].numel())
-        loss_fn = partial(compute_loss, is_regression=task.is_regression)
-        result["gemm_step_sec"] = sum(floors) / len(floors)
-        result["gemm_share_of_peak"] = gemm_flops / sum(floors) / 1e9 / peak_prec
-        result["tensor_footprint"] = step_costs.tensor_footprint(model, optimizer, to_device(largest, device), loss_fn,
-                                                                 autocast_context(device, precision))
     timed = times[1:]
     first_tokens = int(train_enc.lengths[order[0]].sum())
     timed_real = real_tokens - first_tokens
     timed_padded = (sum(b["input_ids"].numel() for b in batches[1:]) if not use_cache else timed_real)
     step_time = sum(timed) / len(timed)
     train_epoch_sec = step_time * n_train_batches
-    if "gemm_step_sec" in result:
-        result["gemm_share_of_step"] = result["gemm_step_sec"] / step_time
-        result["gemm_only_epoch_sec"] = result["gemm_step_sec"] * n_train_batches
+    if not use_cache:
+        # Where the step's time and memory go (step_costs.py): the same step's matrix products alone, and the
+        # tensors it keeps alive. Measured after the training peak was read, so they do not disturb it.
+        floors, gemm_flops = [], 0
+        for batch in batches[1:]:
+            plan = step_costs.gemm_plan(step_costs.linear_shapes(model, to_device(batch, device)), fine_tune_type)
+            sec, flops = step_costs.gemm_floor_sec(plan, device, torch_dtype(precision), repeats)
+            floors.append(sec)
+            gemm_flops += flops
+        gemm_step = sum(floors) / len(floors)
+        largest = max(batches[1:], key=lambda b: b["input_ids"].numel())
+        loss_fn = partial(compute_loss, is_regression=task.is_regression)
+        result.update(gemm_step_sec=gemm_step, gemm_share_of_step=gemm_step / step_time,
+                      gemm_only_epoch_sec=gemm_step * n_train_batches,
+                      gemm_share_of_peak=gemm_flops / sum(floors) / 1e9 / peak_prec,
+                      tensor_footprint=step_costs.tensor_footprint(model, optimizer, to_device(largest, device),
+                                                                   loss_fn, autocast_context(device, precision)))
     result.update(step_time_sec=step_time, train_epoch_sec=train_epoch_sec,
                   real_tokens_per_sec=timed_real / sum(timed), padding_share=1 - timed_real / max(1, timed_padded))
     if not use_cache:
@@ -335,7 +340,6 @@ def full_epoch_case(task, fine_tune_type, *, model, data_dir, epochs, train_size
         else:
             cmd += ["--group-by-length"]  # the fast path, as in the timed-step cases
         if os.path.exists(path):
-            import shutil
             shutil.rmtree(path)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
@@ -560,8 +564,6 @@ def main(argv=None):
               f"{r['real_tokens_per_sec']:.0f} real tok/s  dev {r['dev_metric']:.3f}  peak {r['peak_memory_mb']:.0f} MB"
               f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     full = {}
-    import shutil
-    import tempfile
     scratch = tempfile.mkdtemp(prefix="bitfit_full_epoch_")  # run directories (packs are the size of the model)
     for task, ft in full_specs:
         t0 = time.perf_counter()

@@ -144,7 +144,11 @@ def _rows(runs_dir, selection):
 
 def check_claims(runs_dir, selection="best"):
     """-> list of (model, claim, status, detail)."""
-    cells, rows = _rows(runs_dir, selection)
+    return claims_from(*_rows(runs_dir, selection))
+
+
+def claims_from(cells, rows):
+    """check_claims on an aggregation already made (tables.aggregate, tables.table_rows)."""
     paper = tables.load_paper(3)
     results = []
     for model in sorted({m for m, _ in rows}):
@@ -188,8 +192,9 @@ def main(argv=None):
                     help="GLUE files for the majority-class baselines (default: $GLUE_DIR; none: no baselines)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args(argv)
-    results = check_claims(args.runs_dir, args.epoch_selection)
-    context = baseline_report(_rows(args.runs_dir, args.epoch_selection)[1], args.data_dir) if args.data_dir else ()
+    cells, rows = _rows(args.runs_dir, args.epoch_selection)  # the runs are read once
+    results = claims_from(cells, rows)
+    context = baseline_report(rows, args.data_dir) if args.data_dir else ()
     text = render(results, args.epoch_selection, context)
     if args.out:
         atomic_write_text(args.out, text)

@@ -19,7 +19,7 @@ import torch
 
 
 def linear_shapes(model, batch):
-    """[(rows, in_features, out_features, needs_input_grad, needs_weight_grad)] of every Linear call in one forward
+    """[(rows, in_features, out_features, weight_trains)] of every Linear call in one forward
     (eval mode, no autograd graph kept: the shapes do not depend on either)."""
     shapes, handles = [], []
 
