@@ -98,6 +98,10 @@ def build_parser():
     t.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
                    help="save an epoch-end checkpoint (trainable tensors, optimizer, RNG states) for --resume; "
                    "removed when the run completes")
+    t.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the last epoch's checkpoint when the run completes, so that it can later be trained "
+                   "longer: --resume with a larger --epochs continues it, and (constant schedule) the result is "
+                   "bit-identical to a run started with that many epochs")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     return p
 

@@ -21,7 +21,7 @@ from .errors import UsageError
 from .evaluator import GLUEEvaluator
 from .features import cache_features, predict_head_logits, train_head_epoch
 from .io_utils import atomic_write_json, library_versions
-from .model import load_model, load_tokenizer, resolve_device
+from .model import load_model, load_tokenizer, model_identity, resolve_device
 from .plots import plot_bias_heatmap, plot_learning_curves
 from .submission import write_server_file
 from .trainer import build_optimizer, build_scheduler, predict_logits, set_seed, train_epoch
@@ -55,7 +55,7 @@ def bias_changes(model, initial, families):
 
 
 # Flags that may differ between a run and its resumption without changing its numbers.
-_RESUME_NEUTRAL = {"resume", "checkpoint", "verbose", "no_progress", "gpu_device", "eval_batch_size", "save_evaluator",
+_RESUME_NEUTRAL = {"resume", "checkpoint", "keep_checkpoint", "verbose", "no_progress", "gpu_device", "eval_batch_size", "save_evaluator",
                    "predict_test", "output_path"}
 
 
@@ -75,7 +75,13 @@ def _check_resumable(out, args):
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"--resume: {config_path} is damaged; delete the directory to start the run again") from None
     current = vars(args)
-    diff = sorted(k for k in set(saved_args) | set(current) if k not in _RESUME_NEUTRAL
+    neutral = set(_RESUME_NEUTRAL)
+    if (saved_args.get("lr_schedule") == current.get("lr_schedule") == "constant"
+            and isinstance(saved_args.get("epochs"), int) and current["epochs"] >= saved_args["epochs"]):
+        # Training longer: with a constant rate, epochs 1..E of an E'-epoch run are those of an E-epoch run (the
+        # data order of an epoch depends only on (seed, epoch)), so a longer run may continue a shorter one.
+        neutral.add("epochs")
+    diff = sorted(k for k in set(saved_args) | set(current) if k not in neutral
                   and saved_args.get(k) != current.get(k))
     if diff:
         shown = ", ".join(f"{k}: saved {saved_args.get(k)!r} vs now {current.get(k)!r}" for k in diff[:3])
@@ -90,6 +96,14 @@ def _check_resumable(out, args):
     return None
 
 
+def previous_complete(out):
+    try:
+        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+            return json.load(f).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run(args, return_evaluator=False):
     """Train and evaluate one configuration; returns results.json's content (and the evaluator if asked)."""
     task = data.get_task(args.task_name)
@@ -100,7 +114,8 @@ def run(args, return_evaluator=False):
     if not args.list_params:
         if args.resume:
             previous = _check_resumable(out, args)
-            if previous and previous.get("status") == "complete":
+            if (previous and previous.get("status") == "complete"
+                    and previous.get("last_epoch", 0) >= args.epochs):
                 print(f"{out}: this run is already complete; nothing to do")
                 return (previous, None) if return_evaluator else previous
         else:
@@ -172,6 +187,9 @@ def run(args, return_evaluator=False):
     }
     start_epoch = 1
     ckpt = load_checkpoint(out) if args.resume and os.path.isdir(out) else None
+    if args.resume and previous_complete(out) and ckpt is None:
+        raise UsageError(f"--resume -e {args.epochs}: {out} is complete after fewer epochs and has no checkpoint to "
+                         f"continue from (it was not run with --keep-checkpoint); train a new run with -e {args.epochs}")
     if ckpt is not None:
         done, saved = restore_checkpoint(ckpt, model=model, trainable_names=sel.trainable, optimizer=optimizer,
                                          scheduler=scheduler)
@@ -184,7 +202,8 @@ def run(args, return_evaluator=False):
     # --- outputs -------------------------------------------------------------------------------------------------
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, "config.json"), {
-        "args": vars(args), "versions": library_versions(), "device": str(device),
+        "args": vars(args), "model": model_identity(args.model_name), "versions": library_versions(),
+        "device": str(device),
         "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)})
     atomic_write_json(os.path.join(out, "params.json"), report)
     results_path = os.path.join(out, "results.json")
@@ -217,7 +236,7 @@ def run(args, return_evaluator=False):
             results["total_train_time_sec"] += epoch_time
             _summarise(results, task)
             results["peak_memory_mb"] = max(results["peak_memory_mb"] or 0.0, peak_memory_mb(device))
-            if args.checkpoint and epoch < args.epochs:
+            if args.checkpoint and (epoch < args.epochs or args.keep_checkpoint):
                 save_checkpoint(out, epoch=epoch, model=model, trainable_names=sel.trainable, optimizer=optimizer,
                                 scheduler=scheduler, results=results)
             atomic_write_json(results_path, results)
@@ -253,7 +272,8 @@ def run(args, return_evaluator=False):
                                                 "stored_values", "fixups")}
     results["status"] = "complete"
     atomic_write_json(results_path, results)
-    remove_checkpoint(out)
+    if not args.keep_checkpoint:
+        remove_checkpoint(out)
     return (results, evaluator) if return_evaluator else results
 
 

@@ -61,3 +61,34 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_mode
                            text=True)
     assert other.returncode == 2 and "another configuration" in other.stderr and "Traceback" not in other.stderr
     assert _read(out / "results.json") == b
+
+
+def test_train_longer_continues_a_kept_checkpoint_bit_identically(tmp_path, tiny_model_dir):
+    """--keep-checkpoint then --resume -e 3 on a complete 2-epoch run == a run started with -e 3 (constant rate)."""
+    glue = write_tiny_rte(str(tmp_path / "glue"), n_train=48, n_dev=16, n_test=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def cmd(out, epochs, *extra):
+        return [sys.executable, os.path.join(REPO_ROOT, "run_glue.py"), "-o", str(out), "-t", "rte", "-m",
+                tiny_model_dir, "--data-dir", glue, "-f", "bitfit", "-e", str(epochs), "-b", "4", "-l", "3e-3",
+                "-s", "3", "--no-progress", *extra]
+    ref = subprocess.run(cmd(tmp_path / "ref", 3), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "short"
+    short = subprocess.run(cmd(out, 2, "--keep-checkpoint"), env=env, capture_output=True, text=True)
+    assert short.returncode == 0, short.stderr
+    assert _read(out / "results.json")["status"] == "complete" and (out / "checkpoint.safetensors").exists()
+    longer = subprocess.run(cmd(out, 3, "--resume", "--keep-checkpoint"), env=env, capture_output=True, text=True)
+    assert longer.returncode == 0, longer.stderr
+    a, b = _read(tmp_path / "ref" / "results.json"), _read(out / "results.json")
+    assert b["status"] == "complete" and b["resumed_after_epochs"] == [2] and b["last_epoch"] == 3
+    assert [(e["train_loss"], e["metrics"]) for e in a["epochs"]] == [(e["train_loss"], e["metrics"]) for e in b["epochs"]]
+    assert json.load(open(out / "config.json"))["args"]["epochs"] == 3
+
+    # without a kept checkpoint a complete run cannot be continued: one line, exit 2, nothing changed
+    plain = tmp_path / "plain"
+    assert subprocess.run(cmd(plain, 2), env=env, capture_output=True, text=True).returncode == 0
+    before = _read(plain / "results.json")
+    refused = subprocess.run(cmd(plain, 3, "--resume"), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--keep-checkpoint" in refused.stderr and "Traceback" not in refused.stderr
+    assert _read(plain / "results.json") == before
