@@ -1,20 +1,19 @@
 """The command line of run_glue.py: the official code's flags (same names, short forms, defaults) plus ours.
 
-Every flag has help text; `python run_glue.py -h` is the reference. Mistakes end with one line on stderr and exit
-code 2, as argparse does, but without the usage dump.
+Layer: entry point. It only turns text into a validated RunConfig (core/config.py, where every default and rule
+lives) and hands it to experiment.run. Every flag has help text; `python run_glue.py -h` is the reference. Mistakes
+end with one line on stderr and exit code 2, as argparse does, but without the usage dump.
 """
 import argparse
-import math
+import json
 import os
 import sys
+from dataclasses import MISSING, fields
 
-from .errors import UsageError, exit_on_usage_error
-from .io_utils import check_writable
-
-TASKS = ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
-FINE_TUNE_TYPES = ["full_ft", "bitfit", "frozen", "rand_uniform", "rand_row_col"]
-BIAS_TERMS = ["query", "key", "value", "attention_output", "attention_layernorm", "intermediate", "output",
-              "output_layernorm", "all"]
+from .artifacts.io import check_writable
+from .core.config import BIAS_TERMS, FINE_TUNE_TYPES, RunConfig
+from .core.data import TASKS
+from .core.errors import UsageError, exit_on_usage_error
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,25 +31,23 @@ def build_parser():
     g = p.add_argument_group("official flags (benzakenelad/BitFit run_glue.py)")
     g.add_argument("--output-path", "-o", help="directory for every output; must be new or empty (required unless "
                    "--list-params)")
-    g.add_argument("--task-name", "-t", required=True, choices=TASKS, metavar="TASK",
-                   help="GLUE task: " + ", ".join(TASKS))
-    g.add_argument("--model-name", "-m", default="bert-base-cased",
-                   help="any Hugging Face hub id or local directory of an encoder")
-    g.add_argument("--fine-tune-type", "-f", required=True, choices=FINE_TUNE_TYPES, metavar="TYPE",
+    g.add_argument("--task-name", "-t", choices=sorted(TASKS), metavar="TASK",
+                   help="GLUE task: " + ", ".join(sorted(TASKS)))
+    g.add_argument("--model-name", "-m", help="any Hugging Face hub id or local directory of an encoder")
+    g.add_argument("--fine-tune-type", "-f", choices=FINE_TUNE_TYPES, metavar="TYPE",
                    help="full_ft: every parameter; bitfit: bias terms (see --bias-terms) + pooler bias + head; "
                    "frozen: the classifier head only; rand_uniform: --rand-mask-size random entries of the encoder "
                    "+ head; rand_row_col: a random row/column per weight matrix + LayerNorm gains + head")
-    g.add_argument("--bias-terms", nargs="+", default=["all"], choices=BIAS_TERMS, metavar="TERM",
+    g.add_argument("--bias-terms", nargs="+", choices=BIAS_TERMS, metavar="TERM",
                    help="bitfit only: which bias families train, any of " + ", ".join(BIAS_TERMS) +
                    " (query=b_q key=b_k value=b_v attention_output=b_m1 attention_layernorm=b_LN1 "
                    "intermediate=b_m2 output=b_m3 output_layernorm=b_LN2; all = every bias incl. embeddings LayerNorm)")
-    g.add_argument("--gpu-device", "-d", type=int, default=None, help="run on cuda:N; absent: CPU")
-    g.add_argument("--seed", "-s", type=int, default=0, help="seed of data order, head init, dropout and masks")
-    g.add_argument("--learning-rate", "-l", type=float, default=1e-3, help="learning rate")
-    g.add_argument("--epochs", "-e", type=int, default=16, help="training epochs")
-    g.add_argument("--batch-size", "-b", type=int, default=8, help="training batch size (the paper used 16)")
-    g.add_argument("--optimizer", choices=["adam", "adamw"], default="adamw",
-                   help="adamw: AdamW eps 1e-6 as transformers' AdamW of the official code; adam: torch Adam")
+    g.add_argument("--gpu-device", "-d", type=int, help="run on cuda:N; absent: CPU")
+    g.add_argument("--seed", "-s", type=int, help="seed of data order, head init, dropout and masks")
+    g.add_argument("--learning-rate", "-l", type=float, help="learning rate")
+    g.add_argument("--epochs", "-e", type=int, help="training epochs")
+    g.add_argument("--batch-size", "-b", type=int, help="training batch size (the paper used 16)")
+    g.add_argument("--optimizer", choices=["adam", "adamw"], help="adamw: AdamW eps 1e-6 as transformers' AdamW of the official code; adam: torch Adam")
     g.add_argument("--save-evaluator", action="store_true",
                    help="save the trained evaluator (model, tokenizer, task, metric history) to OUTPUT/evaluator")
     g.add_argument("--predict-test", action="store_true",
@@ -58,36 +55,30 @@ def build_parser():
     g.add_argument("--verbose", action="store_true", help="print the trainable-parameter report before training")
 
     x = p.add_argument_group("data")
-    x.add_argument("--data-dir", default=None, help="local GLUE files in the original layout (<dir>/RTE/train.tsv, "
+    x.add_argument("--data-dir", help="local GLUE files in the original layout (<dir>/RTE/train.tsv, "
                    "...); absent: nyu-mll/glue from the Hugging Face hub")
-    x.add_argument("--max-seq-length", type=int, default=128, help="truncate sequences to this many tokens")
-    x.add_argument("--train-size", type=int, default=None,
-                   help="train on a seeded random subset of this many training examples (training-size curves)")
+    x.add_argument("--max-seq-length", type=int, help="truncate sequences to this many tokens")
+    x.add_argument("--train-size", type=int, help="train on a seeded random subset of this many training examples (training-size curves)")
     x.add_argument("--eval-train", action="store_true",
                    help="also evaluate the training split after every epoch (the official code always does; "
                    "needed for the generalization-gap figure)")
-    x.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size (does not change results)")
+    x.add_argument("--eval-batch-size", type=int, help="evaluation batch size (does not change results)")
     x.add_argument("--pad-to-max-length", action="store_true",
                    help="pad every batch to --max-seq-length, as the official code does (slower; padding is masked, "
                    "so the function is the same). With --eval-train --eval-batch-size 8 "
                    "(and --no-cache-features for frozen) this is the official pipeline's data path")
-    x.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=False,
-                   help="opt-in speed: form training batches from examples of similar length (shuffled chunks, as HF "
+    x.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, help="opt-in speed: form training batches from examples of similar length (shuffled chunks, as HF "
                    "group_by_length) to cut padding (~1.8x faster epochs on SST-2). It changes what is learned: "
                    "BitFit, SST-2 2k, 1 epoch, 4 seeds: dev 0.716+-0.038 grouped vs 0.760+-0.013 with the default "
                    "random batches (the official code's)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--rand-mask-size", type=int, default=None,
-                   help="rand_uniform: number of trainable encoder entries (default: as many as BitFit trains)")
-    t.add_argument("--lr-schedule", choices=["constant", "linear"], default="constant",
-                   help="constant (the official code) or linear warm-up and decay")
-    t.add_argument("--warmup-ratio", type=float, default=0.0, help="with --lr-schedule linear: warm-up share of steps")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="optimizer weight decay (official: 0)")
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision of forward/backward; trainable parameters stay fp32 (fp16: CUDA only)")
-    t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
-                   help="frozen only: run the frozen encoder once (eval mode) and train the head on its cached "
+    t.add_argument("--rand-mask-size", type=int, help="rand_uniform: number of trainable encoder entries (default: as many as BitFit trains)")
+    t.add_argument("--lr-schedule", choices=["constant", "linear"], help="constant (the official code) or linear warm-up and decay")
+    t.add_argument("--warmup-ratio", type=float, help="with --lr-schedule linear: warm-up share of steps")
+    t.add_argument("--weight-decay", type=float, help="optimizer weight decay (official: 0)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of forward/backward; trainable parameters stay fp32 (fp16: CUDA only)")
+    t.add_argument("--cache-features", action=argparse.BooleanOptionalAction, help="frozen only: run the frozen encoder once (eval mode) and train the head on its cached "
                    "outputs; --no-cache-features runs the encoder every step in train mode, as the official code "
                    "(its dropout then perturbs the features)")
     t.add_argument("--list-params", action="store_true",
@@ -95,72 +86,106 @@ def build_parser():
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --output-path from its last completed epoch (same flags required); "
                    "a complete run is left as it is, a new or empty directory starts from scratch")
-    t.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=True,
-                   help="save an epoch-end checkpoint (trainable tensors, optimizer, RNG states) for --resume; "
+    t.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, help="save an epoch-end checkpoint (trainable tensors, optimizer, RNG states) for --resume; "
                    "removed when the run completes")
     t.add_argument("--keep-checkpoint", action="store_true",
                    help="keep the last epoch's checkpoint when the run completes, so that it can later be trained "
                    "longer: --resume with a larger --epochs continues it, and (constant schedule) the result is "
                    "bit-identical to a run started with that many epochs")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    c = p.add_argument_group("re-running a run")
+    c.add_argument("--config", metavar="CONFIG_JSON",
+                   help="re-execute a run from its config.json (the settings it ran with); flags given beside it "
+                   "override the saved ones, e.g. -o NEW_DIR, --model-name and --data-dir for paths that differ on "
+                   "this machine. The model's weights must have the sha256 recorded in the config")
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(RunConfig) if f.default is not MISSING or f.default_factory is not MISSING}
+    for action in p._actions:  # the defaults are RunConfig's, the one place they are written
+        if action.dest in defaults:
+            action.default = defaults[action.dest]
     return p
 
 
-def validate(args):
-    """Conflicting or out-of-range flags: one clear line each."""
-    if not args.list_params and not args.output_path:
-        raise UsageError("--output-path/-o is required (a new or empty directory for the results)")
-    for flag, value in [("--learning-rate", args.learning_rate), ("--warmup-ratio", args.warmup_ratio),
-                        ("--weight-decay", args.weight_decay)]:
-        if not math.isfinite(value):
-            raise UsageError(f"{flag} {value} is not a finite number; give a real value such as 1e-3")
-    for flag, value, low in [("--learning-rate", args.learning_rate, None), ("--epochs", args.epochs, 1),
-                             ("--batch-size", args.batch_size, 1), ("--eval-batch-size", args.eval_batch_size, 1),
-                             ("--max-seq-length", args.max_seq_length, 8)]:
-        if (low is None and not value > 0) or (low is not None and value < low):
-            raise UsageError(f"{flag} {value} is out of range; it must be {'> 0' if low is None else f'>= {low}'}")
-    if args.train_size is not None and args.train_size < 1:
-        raise UsageError(f"--train-size {args.train_size}: give a positive number of training examples")
-    if args.bias_terms != ["all"]:
-        if args.fine_tune_type != "bitfit":
-            raise UsageError(f"--bias-terms applies to -f bitfit only, not {args.fine_tune_type}; drop it or use -f bitfit")
-        if "all" in args.bias_terms:
-            raise UsageError("--bias-terms: 'all' cannot be combined with other terms; give 'all' alone or a list of families")
-        if len(set(args.bias_terms)) != len(args.bias_terms):
-            raise UsageError(f"--bias-terms {' '.join(args.bias_terms)}: a term is repeated; list each family once")
-    if args.rand_mask_size is not None:
-        if args.fine_tune_type != "rand_uniform":
-            raise UsageError("--rand-mask-size applies to -f rand_uniform only; drop it or use -f rand_uniform")
-        if args.rand_mask_size < 1:
-            raise UsageError(f"--rand-mask-size {args.rand_mask_size}: give a positive number of entries")
-    if not 0.0 <= args.warmup_ratio < 1.0:
-        raise UsageError(f"--warmup-ratio {args.warmup_ratio}: give a share in [0, 1)")
-    if args.warmup_ratio > 0 and args.lr_schedule == "constant":
-        raise UsageError("--warmup-ratio needs --lr-schedule linear (the constant schedule has no warm-up)")
-    if args.weight_decay < 0:
-        raise UsageError(f"--weight-decay {args.weight_decay}: give a value >= 0")
-    if args.precision == "fp16" and args.gpu_device is None:
-        raise UsageError("--precision fp16 needs a GPU (--gpu-device N); on the CPU use bf16 or fp32")
-    if not args.list_params:
-        check_writable(args.output_path, "--output-path")
-    if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        raise UsageError(f"--data-dir {args.data_dir} is not a directory; point it at the folder that holds the GLUE "
-                         f"task folders (RTE/, CoLA/, ...)")
-    return args
+def _explicit(parser, argv):
+    """The flags given on the command line (not their defaults): parse again with every default suppressed."""
+    saved = [(a, a.default) for a in parser._actions]
+    for a, _ in saved:
+        a.default = argparse.SUPPRESS
+    try:
+        return vars(parser.parse_args(argv))
+    finally:
+        for a, default in saved:
+            a.default = default
+
+
+def parse_config(argv=None):
+    """argv -> a validated RunConfig. With --config, the saved settings are the base and the flags given override
+    them (a re-run never resumes or lists unless asked)."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.config is None:
+        settings = {k: v for k, v in vars(ns).items() if k != "config"}
+        missing = [flag for flag, k in (("--task-name/-t", "task_name"), ("--fine-tune-type/-f", "fine_tune_type"))
+                   if settings[k] is None]
+        if missing:
+            parser.error(f"the following arguments are required: {', '.join(missing)}")
+        return RunConfig(**settings)
+    given = {k: v for k, v in _explicit(parser, argv).items() if k != "config"}
+    saved = _load_saved(ns.config)
+    if "output_path" not in given and not given.get("list_params"):
+        raise UsageError(f"--config {ns.config}: give -o NEW_DIR for the re-run (the original run's directory is "
+                         f"never written to)")
+    settings = {**saved["args"], "resume": False, "list_params": False, **given}
+    config = RunConfig.from_dict(settings)
+    _check_model_identity(config.model_name, saved.get("model"), "model_name" in given)
+    return config
+
+
+def _load_saved(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if not isinstance(saved.get("args"), dict):
+            raise ValueError
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror or type(e).__name__}); give a run's "
+                         f"config.json") from None
+    except (ValueError, AttributeError):
+        raise UsageError(f"--config {path} is not a run_glue.py config.json (no 'args' object)") from None
+    return saved
+
+
+def _check_model_identity(model_name, recorded, overridden):
+    """A re-run must use the weights the run used: same sha256 as recorded in its config.json."""
+    if not recorded or not recorded.get("sha256"):
+        return  # runs from before model identities were recorded
+    from .core.model import model_identity
+    expanded = os.path.expanduser(model_name)
+    if not overridden and not os.path.isdir(expanded) and os.path.isabs(expanded):
+        raise UsageError(f"--config: this run's model {recorded['name']} ({recorded['sha256'][:19]}...) is not at "
+                         f"{model_name} on this machine; pass --model-name with the folder that holds those weights")
+    found = model_identity(model_name)
+    if found["sha256"] is not None and found["sha256"] != recorded["sha256"]:
+        raise UsageError(f"--model-name {model_name}: its weights have {found['sha256'][:19]}..., but the run used "
+                         f"{recorded['name']} with {recorded['sha256'][:19]}...; pass the model the run used")
 
 
 @exit_on_usage_error
 def main(argv=None):
-    args = validate(build_parser().parse_args(argv))
+    config = parse_config(argv)
+    if not config.list_params:
+        check_writable(config.output_path, "--output-path")
     # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made every small op
     # wait 8-16 ms for the other thread here. Must be set before torch is imported; the user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from .experiment import run  # heavy imports (torch, transformers) only after the flags are known to be good
+    from .experiment import list_params, run  # heavy imports only after the flags are known to be good
+    if config.list_params:
+        return list_params(config)
     try:
-        run(args)
-    except FloatingPointError as e:
-        print(f"error: run failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        record = run(config)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if record is not None and record.status == "failed":
+        print(f"error: run failed: {record.failure_reason}", file=sys.stderr)
+        sys.exit(1)

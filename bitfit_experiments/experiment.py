@@ -1,46 +1,356 @@
-"""One run of run_glue.py, top to bottom: check inputs, load data and model, choose the trainable parameters,
-train with dev evaluation after every epoch, and write every output file.
+"""One run of run_glue.py in three steps: `prepare` (inputs checked, data, model, selection, optimizer, the run
+record), `fit` (the epoch loop: train, evaluate, record, checkpoint) and `write_artifacts` (figures, pack, test
+files, "complete").
 
-Order matters for the "nothing is lost" rule: everything that can fail because of user input (output dir, data
-files, model path, bias terms) is checked BEFORE the first byte is written.
+Layer: run (above core, artifacts and report). Order matters for the "nothing is lost" rule: everything that can
+fail because of user input (output dir, data files, model path, bias terms) is checked BEFORE the first byte is
+written, and a run that cannot be trusted (a non-finite loss, logit, metric or weight; any crash) ends "failed" with
+its reason, never "complete".
 """
-import json
+import math
 import os
-import resource
+import re
+import shutil
+import signal
 import sys
 import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
 
-from . import data, metrics, packs, selection
-from .checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
-from .batching import collate, encode
-from .errors import UsageError
-from .evaluator import GLUEEvaluator
-from .features import cache_features, predict_head_logits, train_head_epoch
-from .io_utils import atomic_write_json, library_versions
-from .model import load_model, load_tokenizer, model_identity, resolve_device
-from .plots import plot_bias_heatmap, plot_learning_curves
-from .submission import write_server_file
-from .trainer import build_optimizer, build_scheduler, predict_logits, set_seed, train_epoch
+from .artifacts import packs
+from .artifacts.checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
+from .artifacts.evaluator import GLUEEvaluator
+from .artifacts.io import atomic_write_json, atomic_write_text, library_versions
+from .artifacts.lock import LOCK_NAME, RunLock
+from .artifacts.record import EpochRecord, PackSummary, RecordError, RunRecord, load_config_args
+from .artifacts.submission import write_server_file
+from .core import data, metrics, selection
+from .core.batching import collate, encode
+from .core.config import RESUME_NEUTRAL, PAPER_NOTATION, RunConfig
+from .core.errors import UsageError
+from .core.features import cache_features, predict_head_logits, train_head_epoch
+from .core.model import load_model, load_tokenizer, model_identity, peak_memory_mb, resolve_device
+from .core.trainer import build_optimizer, build_scheduler, epoch_generator, predict_logits, set_seed, train_epoch
+from .report.plots import plot_bias_heatmap, plot_learning_curves
 
 
-def check_output_dir(path):
-    """As the official code: refuse an output directory that already holds something (writability and "is a
-    file" are checked with the flags, in cli.validate)."""
-    if os.path.isdir(path) and os.listdir(path):
-        raise UsageError(f"--output-path {path} is not empty; choose a new directory (or delete this one) so that "
-                         f"no earlier result is overwritten")
+@dataclass
+class Run:
+    """Everything the three steps share."""
+    config: RunConfig
+    task: data.TaskSpec
+    device: torch.device
+    tokenizer: object
+    model: torch.nn.Module
+    sel: selection.Selection
+    report: dict
+    snap: packs.Snapshot
+    record: RunRecord
+    train_data: object = None
+    eval_data: dict = field(default_factory=dict)   # split -> what predict_fn reads (tokens or cached features)
+    eval_labels: dict = field(default_factory=dict)  # split -> labels
+    test_dfs: dict = field(default_factory=dict)
+    train_fn: object = train_epoch
+    predict_fn: object = predict_logits
+    guard: object = None
+    trainable: list = field(default_factory=list)
+    optimizer: object = None
+    scheduler: object = None
+    scaler: object = None
+    start_epoch: int = 1
+
+    @property
+    def out(self):
+        return self.config.output_path
+
+    def save_record(self):
+        self.record.save(os.path.join(self.out, "results.json"))
 
 
-def peak_memory_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+# ------------------------------------------------------------------------------------------------------ entry
+
+def run(config):
+    """Train and evaluate one configuration (its output directory locked for the duration); returns its RunRecord."""
+    if config.list_params:
+        raise ValueError("--list-params trains nothing: call list_params(config)")
+    created = not os.path.exists(config.output_path)
+    lock = RunLock(config.output_path).acquire()  # one run per output directory
+    try:
+        previous = _check_output(config)
+        if previous is not None and previous.complete and previous.last_epoch >= config.epochs:
+            print(f"{config.output_path}: this run is already complete; nothing to do")
+            return previous
+        run_ = prepare(config, previous)
+        _write_config(run_)
+        with _recording_failures(run_):
+            fit(run_)
+            write_artifacts(run_)
+        return run_.record
+    except UsageError:
+        if created and not _contents(config.output_path):  # refused before writing anything: leave no trace
+            lock.release()
+            os.unlink(os.path.join(config.output_path, LOCK_NAME))
+            os.rmdir(config.output_path)
+        raise
+    finally:
+        lock.release()
+
+
+def list_params(config):
+    """--list-params: the trainable-parameter report of this configuration; nothing is trained or written."""
+    task = data.get_task(config.task_name)
+    set_seed(config.seed)
+    model = load_model(config.model_name, task)
+    sel = selection.select(model, config.fine_tune_type, config.bias_terms, config.rand_mask_size, config.seed)
+    print(selection.format_report(selection.param_report(model, sel, config.bias_terms)))
+
+
+# ------------------------------------------------------------------------------------------------------ prepare
+
+def prepare(config, previous=None):
+    """Load data and model, choose what trains, build the optimizer and the run record (fresh, or continued from the
+    checkpoint with --resume; `previous` is the directory's earlier record). Writes nothing."""
+    task = data.get_task(config.task_name)
+    set_seed(config.seed)
+    tokenizer, model = _load_model(config, task)
+    sel = selection.select(model, config.fine_tune_type, config.bias_terms, config.rand_mask_size, config.seed)
+    report = selection.param_report(model, sel, config.bias_terms)
+    train_df, encs, test_dfs = _load_data(config, task, tokenizer)
+    selection.apply(model, sel)
+    # Base hash + original values of what training can change: the task pack stores only the difference.
+    snap = packs.snapshot(model, sel, newly_initialized=model.newly_initialized)
+    device = resolve_device(config.gpu_device)
+    model.to(device)
+    record = _new_record(config, task, report, train_df)
+    run_ = Run(config, task, device, tokenizer, model, sel, report, snap, record, test_dfs=test_dfs)
+    run_.guard = selection.MaskGuard(model, sel) if sel.masks else None
+    run_.trainable = [p for p in model.parameters() if p.requires_grad]
+    _data_path(run_, *encs)
+    _optimizer(run_, steps_per_epoch=-(-len(encs[0].lengths) // config.batch_size))
+    if config.resume:
+        _continue_from_checkpoint(run_, previous)
+    return run_
+
+
+def _check_output(config):
+    """A fresh run needs an empty directory; --resume needs a run of the same configuration there. Returns the
+    directory's previous RunRecord (or None)."""
+    out = config.output_path
+    if not config.resume:
+        if os.path.isdir(out) and _contents(out):
+            raise UsageError(f"--output-path {out} is not empty; choose a new directory (or delete this one) so that "
+                             f"no earlier result is overwritten")
+        return None
+    if not os.path.exists(os.path.join(out, "config.json")):
+        if os.path.isdir(out) and _contents(out):
+            raise UsageError(f"--resume {out}: the directory holds no run (no config.json); give the run's own "
+                             f"output directory or a new one")
+        return None
+    saved = _saved_config(out)
+    diff = saved.differences(config, ignore=_resume_neutral(saved, config))
+    if diff:
+        shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, a, b in diff[:3])
+        raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
+                         f"flags or use a new output directory")
+    _remove_leftover_temporaries(out)
+    try:
+        return RunRecord.load(out)
+    except RecordError:
+        return None  # a damaged results.json is rebuilt from the checkpoint
+
+
+def _saved_config(out):
+    try:
+        return RunConfig.from_dict(load_config_args(out))
+    except (RecordError, UsageError):
+        raise UsageError(f"--resume: {os.path.join(out, 'config.json')} is damaged; delete the directory to start "
+                         f"the run again") from None
+
+
+def _resume_neutral(saved, config):
+    neutral = set(RESUME_NEUTRAL)
+    if saved.lr_schedule == config.lr_schedule == "constant" and config.epochs >= saved.epochs:
+        # Training longer: with a constant rate, epochs 1..E of an E'-epoch run are those of an E-epoch run (the
+        # data order of an epoch depends only on (seed, epoch)), so a longer run may continue a shorter one.
+        neutral.add("epochs")
+    return neutral
+
+
+def _load_model(config, task):
+    tokenizer = load_tokenizer(config.model_name)
+    model = load_model(config.model_name, task)  # head initialised from the seeded torch RNG
+    max_positions = min(getattr(model.config, "max_position_embeddings", None) or 10**9,
+                        getattr(tokenizer, "model_max_length", None) or 10**9)
+    if config.max_seq_length > max_positions:
+        raise UsageError(f"--max-seq-length {config.max_seq_length} exceeds the {max_positions} positions model "
+                         f"'{config.model_name}' supports; pass --max-seq-length {max_positions} or less")
+    return tokenizer, model
+
+
+def _load_data(config, task, tokenizer):
+    """(train frame, (train encoding, {split: encoding}), {test split: frame}); tokenized once per run."""
+    train_df = data.subsample(data.load_split(task.name, "train", config.data_dir), config.train_size, config.seed)
+    eval_dfs = {split: data.load_split(task.name, split, config.data_dir) for split in task.eval_splits}
+    test_dfs = ({split: data.load_split(task.name, split, config.data_dir) for split in task.test_splits}
+                if config.predict_test else {})
+    train_enc = encode(tokenizer, train_df, config.max_seq_length)
+    eval_encs = {split: encode(tokenizer, df, config.max_seq_length) for split, df in eval_dfs.items()}
+    if config.eval_train:
+        eval_encs["train"] = train_enc
+    return train_df, (train_enc, eval_encs), test_dfs
+
+
+def _data_path(run_, train_enc, eval_encs):
+    """What the loop feeds the model: token batches (dynamic padding, or padded to --max-seq-length as the official
+    code), or for frozen the encoder's cached outputs (the encoder never changes, so it runs once per split)."""
+    c = run_.config
+    run_.train_data, run_.eval_data = train_enc, dict(eval_encs)
+    run_.eval_labels = {split: enc.labels.numpy() for split, enc in eval_encs.items()}
+    if c.pad_to_max_length:
+        padded = partial(collate, pad_to=c.max_seq_length)
+        run_.train_fn, run_.predict_fn = partial(train_epoch, collate_fn=padded), partial(predict_logits,
+                                                                                          collate_fn=padded)
+    if c.fine_tune_type != "frozen" or not c.cache_features:
+        return
+    try:
+        cache = partial(cache_features, run_.model, batch_size=c.eval_batch_size, device=run_.device,
+                        pad_token_id=run_.tokenizer.pad_token_id, precision=c.precision, progress=not c.no_progress)
+        run_.train_data = cache(train_enc, desc="features train")
+        run_.eval_data = {s: run_.train_data if e is train_enc else cache(e, desc=f"features {s}")
+                          for s, e in eval_encs.items()}
+        run_.train_fn, run_.predict_fn = train_head_epoch, predict_head_logits
+        run_.record.cached_features = True
+    except ValueError as e:  # a head that reads more than what is cached: use the plain loop
+        print(f"note: {e}; the frozen encoder runs every step", flush=True)
+
+
+def _optimizer(run_, steps_per_epoch):
+    c = run_.config
+    run_.optimizer = build_optimizer(run_.trainable, c.optimizer, c.learning_rate, c.weight_decay)
+    run_.scheduler = build_scheduler(run_.optimizer, c.lr_schedule, steps_per_epoch * c.epochs, c.warmup_ratio)
+    run_.scaler = torch.amp.GradScaler("cuda") if (c.precision == "fp16" and run_.device.type == "cuda") else None
+
+
+def _new_record(config, task, report, train_df):
+    return RunRecord(
+        task=task.name, model_name=config.model_name, fine_tune_type=config.fine_tune_type,
+        bias_terms=list(config.bias_terms), learning_rate=config.learning_rate, seed=config.seed,
+        train_size=config.train_size, num_train_examples=len(train_df), headline_metric=task.headline,
+        eval_splits=list(task.eval_splits), trainable_params=report["trainable_params"],
+        total_params=report["total_params"], trainable_share=report["trainable_share"],
+        paper_param_share=report["paper_param_share"],
+        skipped_malformed_rows=int(train_df.attrs.get("skipped_malformed_rows", 0)))
+
+
+def _continue_from_checkpoint(run_, previous):
+    ckpt = load_checkpoint(run_.out) if os.path.isdir(run_.out) else None
+    if ckpt is None:
+        if previous is not None and previous.complete:
+            raise UsageError(f"--resume -e {run_.config.epochs}: {run_.out} is complete after fewer epochs and has "
+                             f"no checkpoint to continue from (it was not run with --keep-checkpoint); train a new "
+                             f"run with -e {run_.config.epochs}")
+        return
+    done, saved = restore_checkpoint(ckpt, model=run_.model, trainable_names=run_.sel.trainable,
+                                     optimizer=run_.optimizer, scheduler=run_.scheduler)
+    cached = run_.record.cached_features
+    run_.record = RunRecord.from_dict(saved)
+    run_.record.status, run_.record.failure_reason, run_.record.pack = "running", None, None
+    run_.record.cached_features = cached
+    run_.record.resumed_after_epochs = run_.record.resumed_after_epochs + [done]
+    run_.start_epoch = done + 1
+    print(f"resuming {run_.out} after epoch {done}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ fit
+
+def fit(run_):
+    """The epoch loop: train one epoch, evaluate every split, record, checkpoint."""
+    c, record = run_.config, run_.record
+    for epoch in range(run_.start_epoch, c.epochs + 1):
+        start = time.perf_counter()
+        loss = run_.train_fn(
+            run_.model, run_.train_data, run_.optimizer, run_.scheduler, run_.guard, batch_size=c.batch_size,
+            generator=epoch_generator(c.seed, epoch), device=run_.device, pad_token_id=run_.tokenizer.pad_token_id,
+            is_regression=run_.task.is_regression, precision=c.precision, scaler=run_.scaler,
+            group_by_length=c.group_by_length, trainable_params=run_.trainable, progress=not c.no_progress,
+            desc=f"epoch {epoch}/{c.epochs}")
+        train_time = time.perf_counter() - start
+        split_metrics = evaluate(run_)
+        _check_finite_weights(run_)
+        record.add_epoch(EpochRecord(epoch=epoch, train_loss=loss, epoch_time_sec=train_time,
+                                     eval_time_sec=time.perf_counter() - start - train_time, metrics=split_metrics))
+        record.peak_memory_mb = max(record.peak_memory_mb or 0.0, peak_memory_mb(run_.device))
+        if c.checkpoint and (epoch < c.epochs or c.keep_checkpoint):
+            save_checkpoint(run_.out, epoch=epoch, model=run_.model, trainable_names=run_.sel.trainable,
+                            optimizer=run_.optimizer, scheduler=run_.scheduler, results=record.to_dict())
+        run_.save_record()
+        print(f"epoch {epoch}: loss {loss:.4f}  {record.eval_splits[0]} {record.headline_metric} "
+              f"{record.headline('last'):.4f}  ({train_time:.1f}s)", flush=True)
+
+
+def evaluate(run_):
+    """{split: metrics} of the model now; a non-finite logit or metric stops the run (FloatingPointError)."""
+    c, out = run_.config, {}
+    for split, enc in run_.eval_data.items():
+        logits = run_.predict_fn(run_.model, enc, batch_size=c.eval_batch_size, device=run_.device,
+                                 pad_token_id=run_.tokenizer.pad_token_id, precision=c.precision,
+                                 progress=not c.no_progress, desc=f"eval {split}")
+        if not np.isfinite(logits).all():
+            raise FloatingPointError(f"the model's {split} logits are not finite (try a lower --learning-rate)")
+        preds = metrics.logits_to_predictions(run_.task.name, logits)
+        out[split] = metrics.compute_metrics(run_.task.name, preds, run_.eval_labels[split])
+        bad = [k for k, v in out[split].items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"the {split} {', '.join(bad)} is not finite (degenerate predictions; try a "
+                                     f"lower --learning-rate)")
+    return out
+
+
+def _check_finite_weights(run_):
+    for name, p in run_.model.named_parameters():
+        if p.requires_grad and not torch.isfinite(p).all():
+            raise FloatingPointError(f"parameter {name} became non-finite (try a lower --learning-rate)")
+
+
+# ------------------------------------------------------------------------------------------------------ artifacts
+
+def write_artifacts(run_):
+    """After the last epoch: figures, bias changes (bitfit), evaluator, test-server files, the task pack; then the
+    record says "complete" and the checkpoint goes (unless --keep-checkpoint)."""
+    c, record, out = run_.config, run_.record, run_.out
+    plot_learning_curves(record, os.path.join(out, "learning_curves.png"))
+    families = selection.bias_families(run_.model) if c.fine_tune_type == "bitfit" else {}
+    if families:
+        changes = bias_changes(run_.model, run_.snap.values, families)
+        atomic_write_json(os.path.join(out, "bias_changes.json"), changes)
+        plot_bias_heatmap(changes, os.path.join(out, "bias_changes.png"),
+                          title=f"Change in bias components ({run_.task.name.upper()})")
+    evaluator = GLUEEvaluator(run_.model, run_.tokenizer, run_.task, config=c.to_dict(),
+                              history=[asdict(e) for e in record.epochs], max_seq_length=c.max_seq_length)
+    if c.save_evaluator:
+        evaluator.save(os.path.join(out, "evaluator"))
+    for split, df in run_.test_dfs.items():
+        logits = evaluator.predict(df, batch_size=c.eval_batch_size, precision=c.precision,
+                                   progress=not c.no_progress)
+        write_server_file(run_.task.name, split, df["idx"].to_numpy(),
+                          metrics.logits_to_predictions(run_.task.name, logits),
+                          os.path.join(out, "test_predictions"), expected_rows=len(df))
+    # The pack holds the last-epoch weights, so its dev metrics are the last epoch's.
+    manifest = packs.write_pack(os.path.join(out, "pack"), run_.model, run_.snap, run_.sel, base_model=c.model_name,
+                                task=run_.task, dev_metrics=record.last, max_seq_length=c.max_seq_length,
+                                extra={"best_epoch": record.best_epoch, "last_epoch": record.last_epoch})
+    print(packs.format_summary(manifest), flush=True)
+    record.pack = PackSummary(**{k: manifest[k] for k in ("pack_bytes", "full_model_bytes", "ratio_to_full_model",
+                                                          "stored_values", "fixups")})
+    record.status = "complete"
+    run_.save_record()
+    if not c.keep_checkpoint:
+        remove_checkpoint(out)
 
 
 def bias_changes(model, initial, families):
@@ -51,238 +361,60 @@ def bias_changes(model, initial, families):
                     if name in initial else 0.0 for _, name in entries]
            for family, entries in families.items()}
     return {"layers": max((len(v) for v in out.values()), default=0), "families": out,
-            "notation": {f: selection.PAPER_NOTATION[f] for f in out}}
+            "notation": {f: PAPER_NOTATION[f] for f in out}}
 
 
-# Flags that may differ between a run and its resumption without changing its numbers.
-_RESUME_NEUTRAL = {"resume", "checkpoint", "keep_checkpoint", "verbose", "no_progress", "gpu_device", "eval_batch_size", "save_evaluator",
-                   "predict_test", "output_path"}
+# ------------------------------------------------------------------------------------------------------ bookkeeping
+
+def _write_config(run_):
+    os.makedirs(run_.out, exist_ok=True)
+    atomic_write_json(os.path.join(run_.out, "config.json"), {
+        "args": run_.config.to_dict(), "model": model_identity(run_.config.model_name),
+        "versions": library_versions(), "device": str(run_.device), "torch_threads": torch.get_num_threads(),
+        "command": " ".join(sys.argv)})
+    atomic_write_json(os.path.join(run_.out, "params.json"), run_.report)
+    run_.save_record()
+    if run_.config.verbose:
+        print(selection.format_report(run_.report))
 
 
-def _check_resumable(out, args):
-    """--resume: the directory must hold a run of the same configuration. Returns the saved results or None."""
-    config_path, results_path = os.path.join(out, "config.json"), os.path.join(out, "results.json")
-    if not os.path.exists(config_path):
-        if os.path.isdir(out) and os.listdir(out):
-            raise UsageError(f"--resume {out}: the directory holds no run (no config.json); give the run's own "
-                             f"output directory or a new one")
-        return None
+@contextmanager
+def _recording_failures(run_):
+    """Whatever ends the run early is written into its record: "interrupted" (Ctrl-C, SIGTERM, SIGHUP; the
+    checkpoint stays for --resume) or "failed" with the reason (and OUT/failure.txt with the traceback)."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s in previous:
+        signal.signal(s, _raise_interrupt)
     try:
-        with open(config_path, encoding="utf-8") as f:
-            saved_args = json.load(f)["args"]
-        if not isinstance(saved_args, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"--resume: {config_path} is damaged; delete the directory to start the run again") from None
-    current = vars(args)
-    neutral = set(_RESUME_NEUTRAL)
-    if (saved_args.get("lr_schedule") == current.get("lr_schedule") == "constant"
-            and isinstance(saved_args.get("epochs"), int) and current["epochs"] >= saved_args["epochs"]):
-        # Training longer: with a constant rate, epochs 1..E of an E'-epoch run are those of an E-epoch run (the
-        # data order of an epoch depends only on (seed, epoch)), so a longer run may continue a shorter one.
-        neutral.add("epochs")
-    diff = sorted(k for k in set(saved_args) | set(current) if k not in neutral
-                  and saved_args.get(k) != current.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: saved {saved_args.get(k)!r} vs now {current.get(k)!r}" for k in diff[:3])
-        raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
-                         f"flags or use a new output directory")
-    if os.path.exists(results_path):
-        try:
-            with open(results_path, encoding="utf-8") as f:
-                return json.load(f)
-        except ValueError:
-            return None  # a damaged results.json is rebuilt from the checkpoint
-    return None
-
-
-def previous_complete(out):
-    try:
-        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
-            return json.load(f).get("status") == "complete"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def run(args, return_evaluator=False):
-    """Train and evaluate one configuration; returns results.json's content (and the evaluator if asked)."""
-    task = data.get_task(args.task_name)
-    device = resolve_device(args.gpu_device)
-    out = args.output_path
-
-    # --- inputs: all checked before anything is written -------------------------------------------------------
-    if not args.list_params:
-        if args.resume:
-            previous = _check_resumable(out, args)
-            if (previous and previous.get("status") == "complete"
-                    and previous.get("last_epoch", 0) >= args.epochs):
-                print(f"{out}: this run is already complete; nothing to do")
-                return (previous, None) if return_evaluator else previous
-        else:
-            check_output_dir(out)
-    set_seed(args.seed)
-    tokenizer = load_tokenizer(args.model_name)
-    model = load_model(args.model_name, task)  # head initialised from the seeded torch RNG
-    max_positions = min(getattr(model.config, "max_position_embeddings", None) or 10**9,
-                        getattr(tokenizer, "model_max_length", None) or 10**9)
-    if args.max_seq_length > max_positions:
-        raise UsageError(f"--max-seq-length {args.max_seq_length} exceeds the {max_positions} positions model "
-                         f"'{args.model_name}' supports; pass --max-seq-length {max_positions} or less")
-    sel = selection.select(model, args.fine_tune_type, args.bias_terms, args.rand_mask_size, args.seed)
-    report = selection.param_report(model, sel, args.bias_terms)
-    if args.list_params:
-        print(selection.format_report(report))
-        return (None, None) if return_evaluator else None
-
-    train_df = data.subsample(data.load_split(task.name, "train", args.data_dir), args.train_size, args.seed)
-    eval_dfs = {split: data.load_split(task.name, split, args.data_dir) for split in task.eval_splits}
-    test_dfs = ({split: data.load_split(task.name, split, args.data_dir) for split in task.test_splits}
-                if args.predict_test else {})
-    # Tokenize once per run: every epoch reuses the same token ids.
-    train_enc = encode(tokenizer, train_df, args.max_seq_length)
-    eval_encs = {split: encode(tokenizer, df, args.max_seq_length) for split, df in eval_dfs.items()}
-    if args.eval_train:
-        eval_encs["train"] = train_enc
-
-    # --- model, trainable set, optimizer ------------------------------------------------------------------------
-    selection.apply(model, sel)
-    # Base hash + original values of what training can change: the task pack stores only the difference.
-    snap = packs.snapshot(model, sel, newly_initialized=model.newly_initialized)
-    model.to(device)
-    guard = selection.MaskGuard(model, sel) if sel.masks else None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    progress = not args.no_progress
-
-    # frozen: the encoder never changes, so run it once per split and train the head on its cached outputs.
-    train_data, eval_data, train_fn, predict_fn = train_enc, dict(eval_encs), train_epoch, predict_logits
-    if args.pad_to_max_length:
-        padded = partial(collate, pad_to=args.max_seq_length)
-        train_fn, predict_fn = partial(train_epoch, collate_fn=padded), partial(predict_logits, collate_fn=padded)
-    cached = False
-    if args.fine_tune_type == "frozen" and args.cache_features:
-        try:
-            cache = partial(cache_features, model, batch_size=args.eval_batch_size, device=device,
-                            pad_token_id=tokenizer.pad_token_id, precision=args.precision, progress=progress)
-            train_data = cache(train_enc, desc="features train")
-            eval_data = {s: train_data if e is train_enc else cache(e, desc=f"features {s}")
-                         for s, e in eval_encs.items()}
-            train_fn, predict_fn, cached = train_head_epoch, predict_head_logits, True
-        except ValueError as e:  # a head that reads more than what is cached: use the plain loop
-            print(f"note: {e}; the frozen encoder runs every step", flush=True)
-    steps_per_epoch = -(-len(train_enc.lengths) // args.batch_size)
-    optimizer = build_optimizer(trainable, args.optimizer, args.learning_rate, args.weight_decay)
-    scheduler = build_scheduler(optimizer, args.lr_schedule, steps_per_epoch * args.epochs, args.warmup_ratio)
-    scaler = torch.amp.GradScaler("cuda") if (args.precision == "fp16" and device.type == "cuda") else None
-    families = selection.bias_families(model) if args.fine_tune_type == "bitfit" else {}
-
-    results = {
-        "status": "running", "failure_reason": None, "task": task.name, "model_name": args.model_name,
-        "fine_tune_type": args.fine_tune_type, "bias_terms": list(args.bias_terms), "learning_rate": args.learning_rate,
-        "seed": args.seed, "train_size": args.train_size, "num_train_examples": len(train_df),
-        "headline_metric": task.headline, "eval_splits": list(task.eval_splits),
-        "trainable_params": report["trainable_params"], "total_params": report["total_params"],
-        "trainable_share": report["trainable_share"], "paper_param_share": report["paper_param_share"],
-        "epochs": [], "best_epoch": None, "last_epoch": None, "best": None, "last": None,
-        "total_train_time_sec": 0.0, "peak_memory_mb": None, "resumed_after_epochs": [], "cached_features": cached,
-    }
-    start_epoch = 1
-    ckpt = load_checkpoint(out) if args.resume and os.path.isdir(out) else None
-    if args.resume and previous_complete(out) and ckpt is None:
-        raise UsageError(f"--resume -e {args.epochs}: {out} is complete after fewer epochs and has no checkpoint to "
-                         f"continue from (it was not run with --keep-checkpoint); train a new run with -e {args.epochs}")
-    if ckpt is not None:
-        done, saved = restore_checkpoint(ckpt, model=model, trainable_names=sel.trainable, optimizer=optimizer,
-                                         scheduler=scheduler)
-        results = saved
-        results["status"] = "running"
-        results["resumed_after_epochs"] = results.get("resumed_after_epochs", []) + [done]
-        start_epoch = done + 1
-        print(f"resuming {out} after epoch {done}", flush=True)
-
-    # --- outputs -------------------------------------------------------------------------------------------------
-    os.makedirs(out, exist_ok=True)
-    atomic_write_json(os.path.join(out, "config.json"), {
-        "args": vars(args), "model": model_identity(args.model_name), "versions": library_versions(),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(), "command": " ".join(sys.argv)})
-    atomic_write_json(os.path.join(out, "params.json"), report)
-    results_path = os.path.join(out, "results.json")
-    atomic_write_json(results_path, results)
-    if args.verbose:
-        print(selection.format_report(report))
-
-    # --- the loop -------------------------------------------------------------------------------------------------
-    try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            # The shuffle of epoch e depends only on (seed, e), so a resumed run sees the same order.
-            generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
-            start = time.perf_counter()
-            train_loss = train_fn(
-                model, train_data, optimizer, scheduler, guard, batch_size=args.batch_size, generator=generator,
-                device=device, pad_token_id=tokenizer.pad_token_id, is_regression=task.is_regression,
-                precision=args.precision, scaler=scaler, group_by_length=args.group_by_length,
-                trainable_params=trainable, progress=progress, desc=f"epoch {epoch}/{args.epochs}")
-            epoch_time = time.perf_counter() - start
-            epoch_metrics = {}
-            for split, enc in eval_encs.items():
-                logits = predict_fn(model, eval_data[split], batch_size=args.eval_batch_size, device=device,
-                                        pad_token_id=tokenizer.pad_token_id, precision=args.precision,
-                                        progress=progress, desc=f"eval {split}")
-                epoch_metrics[split] = metrics.compute_metrics(task.name, metrics.logits_to_predictions(task.name, logits),
-                                                               enc.labels.numpy())
-            results["epochs"].append({"epoch": epoch, "train_loss": train_loss, "epoch_time_sec": epoch_time,
-                                      "eval_time_sec": time.perf_counter() - start - epoch_time,
-                                      "metrics": epoch_metrics})
-            results["total_train_time_sec"] += epoch_time
-            _summarise(results, task)
-            results["peak_memory_mb"] = max(results["peak_memory_mb"] or 0.0, peak_memory_mb(device))
-            if args.checkpoint and (epoch < args.epochs or args.keep_checkpoint):
-                save_checkpoint(out, epoch=epoch, model=model, trainable_names=sel.trainable, optimizer=optimizer,
-                                scheduler=scheduler, results=results)
-            atomic_write_json(results_path, results)
-            headline = epoch_metrics[task.eval_splits[0]][task.headline]
-            print(f"epoch {epoch}: loss {train_loss:.4f}  {task.eval_splits[0]} {task.headline} {headline:.4f}  "
-                  f"({epoch_time:.1f}s)", flush=True)
-    except FloatingPointError as e:
-        results["status"], results["failure_reason"] = "failed", str(e)
-        atomic_write_json(results_path, results)
+        yield
+    except KeyboardInterrupt:
+        run_.record.status, run_.record.failure_reason = "interrupted", "interrupted by a signal"
+        run_.save_record()
         raise
-
-    # --- after training -------------------------------------------------------------------------------------------
-    plot_learning_curves(results, os.path.join(out, "learning_curves.png"))
-    if families:
-        changes = bias_changes(model, snap.values, families)
-        atomic_write_json(os.path.join(out, "bias_changes.json"), changes)
-        plot_bias_heatmap(changes, os.path.join(out, "bias_changes.png"),
-                          title=f"Change in bias components ({task.name.upper()})")
-    evaluator = GLUEEvaluator(model, tokenizer, task, config=vars(args), history=results["epochs"],
-                              max_seq_length=args.max_seq_length)
-    if args.save_evaluator:
-        evaluator.save(os.path.join(out, "evaluator"))
-    for split, df in test_dfs.items():
-        logits = evaluator.predict(df, batch_size=args.eval_batch_size, precision=args.precision, progress=progress)
-        write_server_file(task.name, split, df["idx"].to_numpy(), metrics.logits_to_predictions(task.name, logits),
-                          os.path.join(out, "test_predictions"), expected_rows=len(df))
-    # The pack holds the last-epoch weights, so its dev metrics are the last epoch's.
-    manifest = packs.write_pack(os.path.join(out, "pack"), model, snap, sel, base_model=args.model_name, task=task,
-                                dev_metrics=results["last"], max_seq_length=args.max_seq_length,
-                                extra={"best_epoch": results["best_epoch"], "last_epoch": results["last_epoch"]})
-    print(packs.format_summary(manifest), flush=True)
-    results["pack"] = {k: manifest[k] for k in ("pack_bytes", "full_model_bytes", "ratio_to_full_model",
-                                                "stored_values", "fixups")}
-    results["status"] = "complete"
-    atomic_write_json(results_path, results)
-    if not args.keep_checkpoint:
-        remove_checkpoint(out)
-    return (results, evaluator) if return_evaluator else results
+    except Exception as e:
+        run_.record.status = "failed"
+        run_.record.failure_reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        run_.save_record()
+        atomic_write_text(os.path.join(run_.out, "failure.txt"), traceback.format_exc())
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def _summarise(results, task):
-    """Best epoch by the paper's metric on the first dev split (MNLI: matched), and the last epoch."""
-    key = task.eval_splits[0]
-    scores = [e["metrics"][key][task.headline] for e in results["epochs"]]
-    best = int(np.nanargmax(scores)) if not np.all(np.isnan(scores)) else len(scores) - 1
-    results["best_epoch"] = results["epochs"][best]["epoch"]
-    results["last_epoch"] = results["epochs"][-1]["epoch"]
-    results["best"] = results["epochs"][best]["metrics"]
-    results["last"] = results["epochs"][-1]["metrics"]
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _contents(path):
+    return [n for n in os.listdir(path) if n != LOCK_NAME]
+
+
+_TEMPORARY = re.compile(r"^\..+(\.tmp|\.[A-Za-z0-9_]{8})$")  # atomic_open's files, atomic_directory's folders
+
+
+def _remove_leftover_temporaries(out):
+    """Half-written temporaries of a killed write (never the targets themselves, which are replaced by rename)."""
+    for name in os.listdir(out):
+        if name != LOCK_NAME and _TEMPORARY.match(name):
+            path = os.path.join(out, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)

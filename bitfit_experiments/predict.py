@@ -9,6 +9,8 @@
 
 Predictions (a TSV: index, prediction, one logit column per label) go to --output or stdout; the pack summary and, on
 a labeled split, the metrics go to stderr, so stdout stays a clean table.
+
+Layer: run.
 """
 import io
 import os
@@ -18,11 +20,13 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from . import data, metrics, packs
+from .core import data, metrics
+
+from .artifacts import packs
 from .cli import OneLineParser
-from .errors import UsageError, exit_on_usage_error
-from .io_utils import atomic_write_text, check_writable
-from .model import resolve_device
+from .core.errors import UsageError, exit_on_usage_error
+from .artifacts.io import atomic_write_text, check_new_directory, check_writable
+from .core.model import resolve_device
 
 PAIR_SEPARATOR = " ||| "
 
@@ -38,7 +42,7 @@ def parse_args(argv=None):
                    help=f"raw inputs; write a pair as 'first{PAIR_SEPARATOR}second'")
     p.add_argument("--output", help="write the predictions TSV here (default: stdout)")
     p.add_argument("--export", metavar="DIR", help="also write a plain Hugging Face model folder (weights + config "
-                                                   "with labels + tokenizer)")
+                                                   "with labels + tokenizer); DIR must be new or empty")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gpu-device", type=int, default=None)
     args = p.parse_args(argv)
@@ -55,6 +59,8 @@ def read_glue_file(task, split, path):
     split = split or spec.eval_splits[0]
     if split not in spec.splits:
         raise UsageError(f"--task-split {split}: task {spec.name} has the splits {', '.join(spec.splits)}")
+    if os.path.isdir(path):
+        raise UsageError(f"--input {path} is a directory; pass a GLUE-format TSV of the {spec.name} task")
     if not os.path.isfile(path):
         raise UsageError(f"--input {path}: no such file; pass a GLUE-format TSV of the {spec.name} task")
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,14 +98,30 @@ def predictions_table(task, df, logits, label_names):
     return buf.getvalue()
 
 
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output_is_not_an_input(args):
+    """--output replaces one file; never the file being read, nor a file of the pack or the base model."""
+    if args.input and os.path.exists(args.output) and os.path.samefile(args.output, args.input):
+        raise UsageError(f"--output {args.output} is the --input file; write the predictions to another file")
+    for flag, folder in (("--pack", args.pack), ("--base", args.base)):
+        if os.path.isdir(folder) and _inside(args.output, folder):
+            raise UsageError(f"--output {args.output} is inside the {flag} folder {folder}; write the predictions "
+                             f"elsewhere")
+
+
 @exit_on_usage_error
 def main(argv=None):
     args = parse_args(argv)
     # Everything the user gave is checked before the (slow) model load and before anything is written.
     if args.output:
         check_writable(args.output, "--output", kind="file")
+        check_output_is_not_an_input(args)
     if args.export:
-        check_writable(args.export, "--export")
+        check_new_directory(args.export, "--export")
     device = resolve_device(args.gpu_device)
     pack = packs.read_pack(args.pack)
     m = pack.manifest

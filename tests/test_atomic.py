@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bitfit_experiments.io_utils import atomic_open, atomic_write_json, atomic_write_text
+from bitfit_experiments.artifacts.io import atomic_open, atomic_write_json, atomic_write_text
 from conftest import REPO_ROOT
 
 CHUNK = 1 << 20  # 1 MiB
@@ -20,7 +20,7 @@ CHUNK = 1 << 20  # 1 MiB
 SLOW_WRITER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from bitfit_experiments.io_utils import atomic_open
+    from bitfit_experiments.artifacts.io import atomic_open
     with atomic_open(sys.argv[1], "wb") as f:
         for i in range(10_000):
             f.write(bytes([65 + i % 26]) * {chunk})
@@ -34,7 +34,7 @@ SLOW_WRITER = textwrap.dedent("""
 REWRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from bitfit_experiments.io_utils import atomic_write_json
+    from bitfit_experiments.artifacts.io import atomic_write_json
     for n in range(1_000_000):
         atomic_write_json(sys.argv[1], {{"n": n, "pad": "x" * 200_000, "end": n}})
         if n == 3:

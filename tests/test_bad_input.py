@@ -14,8 +14,10 @@ from unittest import mock
 
 import pytest
 
-from bitfit_experiments import cli, data
-from bitfit_experiments.errors import UsageError
+from bitfit_experiments import cli
+
+from bitfit_experiments.core import data
+from bitfit_experiments.core.errors import UsageError
 from conftest import REPO_ROOT, write_tiny_rte
 
 
@@ -83,7 +85,7 @@ def _replace(argv, flag, value):
 
 
 # ------------------------------------------------------------------ malformed, out-of-range and conflicting flags
-# All refused by argparse or cli.validate() before torch is even imported.
+# All refused by argparse or RunConfig.validate() before torch is even imported.
 
 FLAG_CASES = [
     # (id, extra flags or replacements, words the message must contain)
@@ -335,9 +337,9 @@ def test_train_size_larger_than_training_split(capsys, base, rte):
 def finished_run(tmp_path_factory, tiny_model_dir, tiny_glue_dir):
     from bitfit_experiments.experiment import run
     out = str(tmp_path_factory.mktemp("bad_input_run") / "run")
-    args = cli.validate(cli.build_parser().parse_args(
+    args = cli.parse_config(
         ["-o", out, "-t", "rte", "-m", tiny_model_dir, "--data-dir", tiny_glue_dir, "-f", "bitfit", "-e", "2",
-         "-b", "16", "--no-progress", "--save-evaluator"]))
+         "-b", "16", "--no-progress", "--save-evaluator"])
     with mock.patch("bitfit_experiments.experiment.remove_checkpoint"):
         run(args)
     assert os.path.exists(os.path.join(out, "checkpoint.safetensors"))
@@ -422,7 +424,7 @@ def test_resume_with_garbage_checkpoint(capsys, run_copy, finished_run):
 # --------------------------------------------------------------------------------------- a saved evaluator, broken
 
 def _load_error(directory):
-    from bitfit_experiments.evaluator import GLUEEvaluator
+    from bitfit_experiments.artifacts.evaluator import GLUEEvaluator
     before = snapshot(directory)
     with pytest.raises(UsageError) as exc:
         GLUEEvaluator.load(str(directory))
@@ -521,8 +523,9 @@ def pack_setup(tmp_path_factory, tiny_model_dir):
     shape but other weights, for the "pack of another base model" case."""
     import torch
     from transformers import BertConfig, BertModel
-    from bitfit_experiments import packs, selection
-    from bitfit_experiments.model import load_model
+    from bitfit_experiments.artifacts import packs
+    from bitfit_experiments.core import selection
+    from bitfit_experiments.core.model import load_model
     from conftest import make_tiny_tokenizer
     root = tmp_path_factory.mktemp("bad_input_packs")
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bitfit_experiments.batching import Encoded, batch_order, collate, encode
+from bitfit_experiments.core.batching import Encoded, batch_order, collate, encode
 
 PAIRS = pd.DataFrame({
     "idx": range(4),

@@ -2,7 +2,7 @@
 import json
 import pathlib
 
-from bitfit_experiments import benchmark
+from bitfit_experiments.bench import benchmark
 
 
 def test_full_epoch_case_runs_both_pipelines(tmp_path, tiny_model_dir, tiny_glue_dir):

@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bitfit_experiments import data
-from bitfit_experiments.data import get_task, load_split, subsample
-from bitfit_experiments.errors import UsageError
+from bitfit_experiments.core import data
+from bitfit_experiments.core.data import get_task, load_split, subsample
+from bitfit_experiments.core.errors import UsageError
 
 # (task, split): (rows, {label id: count}) -- official GLUE sizes; label counts from glue/SOURCES.md.
 REAL = {

@@ -14,9 +14,9 @@ import torch
 import transformers as T
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from bitfit_experiments import features, selection
-from bitfit_experiments.batching import collate, encode
-from bitfit_experiments.trainer import compute_loss, predict_logits
+from bitfit_experiments.core import features, selection
+from bitfit_experiments.core.batching import collate, encode
+from bitfit_experiments.core.trainer import compute_loss, predict_logits
 from tests.conftest import make_tiny_tokenizer
 from tests.model_configs import tiny_bert, tiny_roberta
 

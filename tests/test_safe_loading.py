@@ -5,8 +5,10 @@ import pickle
 import pytest
 import torch
 
-from bitfit_experiments import cli, packs
-from bitfit_experiments.evaluator import GLUEEvaluator
+from bitfit_experiments import cli
+
+from bitfit_experiments.artifacts import packs
+from bitfit_experiments.artifacts.evaluator import GLUEEvaluator
 from bitfit_experiments.experiment import run
 
 
@@ -36,12 +38,12 @@ def test_run_resume_evaluator_and_pack_never_unpickle(tmp_path, tiny_model_dir, 
             "--no-progress", "--save-evaluator"]
     # Keep the epoch-1 checkpoint and mark the run unfinished, as if it had been killed in epoch 2 ...
     monkeypatch.setattr("bitfit_experiments.experiment.remove_checkpoint", lambda out_dir: None)
-    run(cli.validate(cli.build_parser().parse_args(argv)))
+    run(cli.parse_config(argv))
     results_path = out / "results.json"
     results_path.write_text(results_path.read_text().replace('"status": "complete"', '"status": "running"'))
     # ... then resume it: the checkpoint is read back with safetensors.
-    results = run(cli.validate(cli.build_parser().parse_args(argv + ["--resume"])))
-    assert results["status"] == "complete" and results["resumed_after_epochs"] == [1]
+    results = run(cli.parse_config(argv + ["--resume"]))
+    assert results.status == "complete" and results.resumed_after_epochs == [1]
     GLUEEvaluator.load(str(out / "evaluator"))            # evaluator: safetensors + JSON
     packs.load(tiny_model_dir, str(out / "pack"))         # pack: safetensors + JSON
     assert seen and not any(seen), "trust_remote_code was turned on"

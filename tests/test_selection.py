@@ -5,8 +5,8 @@ import pytest
 import torch
 import transformers as T
 
-from bitfit_experiments import selection as S
-from bitfit_experiments.errors import UsageError
+from bitfit_experiments.core import selection as S
+from bitfit_experiments.core.errors import UsageError
 from model_configs import (BERT_BASE_CASED, BERT_LARGE_CASED, ROBERTA_BASE, tiny_albert, tiny_bert,
                            tiny_deberta_v2, tiny_distilbert, tiny_roberta)
 

@@ -1,10 +1,14 @@
 """step_costs.py (the benchmark's account of where a step's time and memory go) on a tiny random BERT."""
+import types
+
 import pytest
 import torch
 import transformers as T
 
-from bitfit_experiments import selection, step_costs
-from bitfit_experiments.trainer import build_optimizer, compute_loss, train_step, build_scheduler
+from bitfit_experiments.core import selection
+
+from bitfit_experiments.bench import step_costs
+from bitfit_experiments.core.trainer import build_optimizer, compute_loss, train_step, build_scheduler
 from tests.model_configs import TINY, tiny_bert
 
 B, L = 3, 7
@@ -47,10 +51,23 @@ def test_gemm_plan_counts_forward_input_and_weight_gradients(fine_tune_type, per
     assert plan[0] == (B * L, TINY["hidden_size"], TINY["hidden_size"])
 
 
-def test_gemm_floor_times_the_products_and_counts_their_flops():
+def test_gemm_floor_times_the_products_and_counts_their_flops(monkeypatch):
+    """A scripted clock that only advances inside torch.mm: run r of the plan takes durations[r] seconds; the floor
+    is the fastest run, and every run multiplies every product of the plan."""
     plan = [(4, 8, 16), (16, 4, 8)]
-    sec, flops = step_costs.gemm_floor_sec(plan, torch.device("cpu"), repeats=2)
-    assert sec > 0 and flops == 2 * (4 * 8 * 16 + 16 * 4 * 8)
+    durations = [0.8, 0.6, 0.2, 0.4, 0.5, 0.5, 0.5]
+    clock, shapes, real_mm = [0.0], [], torch.mm
+
+    def mm(a, b):
+        clock[0] += durations[len(shapes) // len(plan)] / len(plan)
+        shapes.append((a.shape[0], a.shape[1], b.shape[1]))
+        return real_mm(a, b)
+
+    monkeypatch.setattr(step_costs, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(torch, "mm", mm)
+    sec, flops = step_costs.gemm_floor_sec(plan, torch.device("cpu"), repeats=3)
+    assert len(shapes) >= 3 * len(plan) and shapes == plan * (len(shapes) // len(plan))
+    assert sec == pytest.approx(0.2) and flops == 2 * (4 * 8 * 16 + 16 * 4 * 8)
 
 
 def test_tensor_footprint_separates_what_bitfit_saves_from_full_ft():

@@ -4,9 +4,9 @@ import csv
 import numpy as np
 import pytest
 
-from bitfit_experiments.data import get_task, load_split
-from bitfit_experiments.errors import UsageError
-from bitfit_experiments.submission import SERVER_FILES, write_server_file
+from bitfit_experiments.core.data import get_task, load_split
+from bitfit_experiments.core.errors import UsageError
+from bitfit_experiments.artifacts.submission import SERVER_FILES, write_server_file
 
 TEST_ROWS = {("cola", "test"): 1063, ("sst2", "test"): 1821, ("mrpc", "test"): 1725, ("stsb", "test"): 1379,
              ("qnli", "test"): 5463, ("rte", "test"): 3000, ("wnli", "test"): 146, ("mnli", "ax"): 1104,
@@ -22,7 +22,7 @@ def read(path):
 
 def test_covers_every_test_split():
     assert SERVER_FILES.keys() == TEST_ROWS.keys()
-    from bitfit_experiments.data import TASKS
+    from bitfit_experiments.core.data import TASKS
     assert {(t, s) for t, spec in TASKS.items() for s in spec.test_splits} == set(SERVER_FILES)
 
 

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from bitfit_experiments import tables
-from bitfit_experiments.errors import UsageError
+from bitfit_experiments.report import tables
+from bitfit_experiments.core.errors import UsageError
 
 HEADLINE = {"cola": "matthews_correlation", "mrpc": "f1", "qqp": "f1", "stsb": "spearmanr"}
 
@@ -167,7 +167,7 @@ def test_usage_errors(tmp_path):
 
 
 def test_claims_from_the_same_aggregation(tmp_path, capsys):
-    from bitfit_experiments import claims
+    from bitfit_experiments.report import claims
     r = str(tmp_path)
     fams = {"query": [0.3, 0.5], "intermediate": [0.4, 0.4], "key": [0.0, 0.0], "value": [0.1, 0.1]}
     make_run(r, "1", "rte", "full_ft", 2e-5, 0, [0.70])
@@ -200,7 +200,8 @@ def test_claims_from_the_same_aggregation(tmp_path, capsys):
 
 
 def test_claims_flag_differences_within_seed_noise_and_report_majority_baselines(tmp_path, capsys):
-    from bitfit_experiments import claims, data
+    from bitfit_experiments.report import claims
+    from bitfit_experiments.core import data
     from tests.conftest import write_tiny_rte
     r = str(tmp_path / "runs")
     # Full-FT 70 +- 2.83 over two seeds, BitFit 69: -1.0 is a HOLDS within seed noise.

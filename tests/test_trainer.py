@@ -8,9 +8,10 @@ import pytest
 import torch
 import transformers as T
 
-from bitfit_experiments import features, selection
-from bitfit_experiments.batching import collate, encode
-from bitfit_experiments.trainer import build_optimizer, build_scheduler, predict_logits, train_epoch
+from bitfit_experiments.core import features, selection
+from bitfit_experiments.core.batching import collate, encode
+from bitfit_experiments.core.trainer import (build_optimizer, build_scheduler, epoch_generator, predict_logits,
+                                             train_epoch)
 from tests.conftest import make_tiny_tokenizer
 from tests.model_configs import tiny_bert
 
@@ -40,7 +41,7 @@ def _train(model, enc, *, epochs=1, seed=0, **kw):
     losses = []
     epoch_fn = kw.pop("epoch_fn", train_epoch)
     for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        gen = epoch_generator(seed, epoch + 1)  # the run's shuffle of epoch e
         losses.append(epoch_fn(model, enc, opt, sched, None, batch_size=4, generator=gen, device=CPU, pad_token_id=0,
                                is_regression=False, trainable_params=trainable, progress=False, **kw))
     return losses

@@ -20,6 +20,8 @@ Partially trainable parameters (the random baselines) carry a boolean mask. requ
 entries outside the mask are kept bit-identical by MaskGuard: zero their gradients after backward, and copy their
 original values back after every optimizer step (AdamW's decoupled weight decay, or Adam state built up from
 L2-regularised gradients, would otherwise move them).
+
+Layer: core.
 """
 import re
 from dataclasses import dataclass, field
@@ -27,16 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .config import BIAS_FAMILIES, BIAS_TERMS, FINE_TUNE_TYPES, PAPER_NOTATION
 from .errors import UsageError
 
-FINE_TUNE_TYPES = ("full_ft", "bitfit", "frozen", "rand_uniform", "rand_row_col")
-FAMILIES = ("query", "key", "value", "attention_output", "attention_layernorm", "intermediate", "output",
-            "output_layernorm")
-BIAS_TERMS = FAMILIES + ("all",)
-PAPER_NOTATION = {  # paper Table 4
-    "query": "b_q", "key": "b_k", "value": "b_v", "attention_output": "b_m1", "attention_layernorm": "b_LN1",
-    "intermediate": "b_m2", "output": "b_m3", "output_layernorm": "b_LN2",
-}
 
 # family -> parameter-name suffix after the layer index, per naming scheme.
 _BERT = {

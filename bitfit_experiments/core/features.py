@@ -13,6 +13,8 @@ and refuses a head that reads more (e.g. a last-token head); the caller then use
 Difference from the official code: it runs the frozen encoder in train mode, so its dropout perturbs the features
 every epoch; cached features are the eval-mode (dropout-off) ones. The head's dropout stays. Exact official
 behaviour: do not cache (`--no-cache-features`).
+
+Layer: core.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass

@@ -1,6 +1,8 @@
 """The figures a run writes: learning curves and the bias-change heatmap of the paper's Figure 1.
 
 matplotlib runs on the Agg backend (no screen on clusters); every figure is saved atomically.
+
+Layer: report.
 """
 import matplotlib
 
@@ -8,20 +10,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io_utils import atomic_save_figure  # noqa: E402
+from ..artifacts.io import atomic_save_figure  # noqa: E402
 
 
-def plot_learning_curves(results, path):
-    """Per-epoch metrics of every evaluated split (and the training loss), one panel per metric.
+def plot_learning_curves(record, path):
+    """Per-epoch metrics of a RunRecord: every evaluated split (and the training loss), one panel per metric.
 
     As in the official code's curves, the best dev value is marked, because the paper's tables are read off
     those curves.
     """
-    epochs = [e["epoch"] for e in results["epochs"]]
+    epochs = [e.epoch for e in record.epochs]
     if not epochs:
         return None
-    splits = list(results["epochs"][0]["metrics"])
-    metric_names = list(results["epochs"][0]["metrics"][splits[0]])
+    splits = list(record.epochs[0].metrics)
+    metric_names = list(record.epochs[0].metrics[splits[0]])
     fig, axes = plt.subplots(1, len(metric_names) + 1, figsize=(4.2 * (len(metric_names) + 1), 3.4), squeeze=False)
     axes = axes[0]
     from matplotlib.ticker import MaxNLocator
@@ -29,21 +31,21 @@ def plot_learning_curves(results, path):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, name in zip(axes, metric_names):
         for split in splits:
-            values = [e["metrics"][split].get(name, np.nan) for e in results["epochs"]]
+            values = [e.metrics[split].get(name, np.nan) for e in record.epochs]
             ax.plot(epochs, values, marker="o", ms=3, label=split)
-            if split == results["eval_splits"][0] and np.isfinite(values).any():
+            if split == record.eval_splits[0] and np.isfinite(values).any():
                 i = int(np.nanargmax(values))
                 ax.annotate(f"{values[i]:.4f}", (epochs[i], values[i]), textcoords="offset points", xytext=(0, 6),
                             ha="center", fontsize=8)
-        ax.set_title(name + (" (paper's metric)" if name == results["headline_metric"] else ""), fontsize=9)
+        ax.set_title(name + (" (paper's metric)" if name == record.headline_metric else ""), fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[-1].plot(epochs, [e["train_loss"] for e in results["epochs"]], marker="o", ms=3, color="gray")
+    axes[-1].plot(epochs, [e.train_loss for e in record.epochs], marker="o", ms=3, color="gray")
     axes[-1].set_title("training loss", fontsize=9)
     axes[-1].set_xlabel("epoch")
     axes[-1].grid(alpha=0.3)
-    fig.suptitle(f"{results['task']} | {results['fine_tune_type']} | lr {results['learning_rate']} | seed {results['seed']}",
+    fig.suptitle(f"{record.task} | {record.fine_tune_type} | lr {record.learning_rate} | seed {record.seed}",
                  fontsize=10)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)

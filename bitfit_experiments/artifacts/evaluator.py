@@ -3,10 +3,12 @@
 Saved as a plain folder -- `model.safetensors` + the Hugging Face config + the tokenizer files + `evaluator.json`
 (task, metric history, run config) -- so loading never unpickles anything (pickle can run arbitrary code).
 
-    from bitfit_experiments.evaluator import GLUEEvaluator
+    from bitfit_experiments.artifacts.evaluator import GLUEEvaluator
     ev = GLUEEvaluator.load("out/evaluator")
     ev.predict_sentences([("A man is playing.", "Someone plays.")])   # -> logits
     ev.evaluate(load_split("rte", "dev", glue_dir))                  # -> {"accuracy": ...}
+
+Layer: artifacts.
 """
 import json
 import os
@@ -14,11 +16,11 @@ import os
 import pandas as pd
 import torch
 
-from . import data, metrics
-from .batching import encode
-from .errors import UsageError
-from .io_utils import atomic_directory, atomic_write_json
-from .trainer import predict_logits
+from ..core import data, metrics
+from ..core.batching import encode
+from ..core.errors import UsageError
+from .io import atomic_directory, atomic_write_json
+from ..core.trainer import predict_logits
 
 FORMAT = "bitfit-glue-evaluator/1"
 

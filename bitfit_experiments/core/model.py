@@ -2,10 +2,14 @@
 
 `--model-name` is any Hugging Face id or a local directory; we read the architecture from what loads and never look
 at the name. Remote code is never enabled: a model that needs `trust_remote_code` is refused by transformers.
+
+Layer: core.
 """
 import hashlib
 import logging
 import os
+import resource
+import sys
 import warnings
 
 import torch
@@ -32,20 +36,58 @@ def check_model_name(name):
     return name
 
 
+# Files that hold a tokenizer's vocabulary. Without one, AutoTokenizer quietly builds a tokenizer that knows only
+# the special tokens, and every word becomes [UNK].
+_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                "tokenizer.model", "spm.model", "bpe.codes")
+
+
 def load_tokenizer(name):
     from transformers import AutoTokenizer
+    path = check_model_name(name)
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in _VOCAB_FILES):
+        raise UsageError(f"--model-name {name}: the folder has no tokenizer files ({', '.join(_VOCAB_FILES[:3])}, "
+                         f"...), so every word would become [UNK]; save the model's tokenizer into it "
+                         f"(tokenizer.save_pretrained)")
     try:
-        return AutoTokenizer.from_pretrained(check_model_name(name))
-    except UsageError:
-        raise
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # network, missing files, unknown architecture
         raise UsageError(f"could not load the tokenizer of '{name}' ({type(e).__name__}: {_first_line(e)}); "
                          f"use a local model directory or check the hub id and your connection") from None
+    _check_vocabulary(name, path, tokenizer)
+    return tokenizer
 
 
-def load_model(name, task, dtype=torch.float32):
+def _check_vocabulary(name, path, tokenizer):
+    """Refuse a tokenizer that knows no words, or ids beyond the model's embedding table (an IndexError in the
+    first batch otherwise)."""
+    vocab = tokenizer.get_vocab()
+    if not set(vocab) - set(tokenizer.all_special_tokens):
+        raise UsageError(f"--model-name {name}: its tokenizer has only special tokens ({len(vocab)}), so every word "
+                         f"would become [UNK]; the model folder lacks its vocabulary -- save the model's tokenizer "
+                         f"into it")
+    try:
+        from transformers import AutoConfig
+        embeddings = getattr(AutoConfig.from_pretrained(path), "vocab_size", None)
+    except Exception:
+        return  # load_model reports an unreadable config
+    largest = max(vocab.values())
+    if embeddings and largest >= embeddings:
+        raise UsageError(f"--model-name {name}: the tokenizer has token ids up to {largest}, but config.json's "
+                         f"vocab_size is {embeddings}; the tokenizer belongs to another model -- use the tokenizer "
+                         f"files saved with these weights")
+
+
+def load_model(name, task, dtype=torch.float32, allow_weight_mismatch=False):
     """A sequence-classification model with the task's labels; the head is initialised from the global torch RNG,
-    so it follows the run's seed (call after seeding)."""
+    so it follows the run's seed (call after seeding).
+
+    Weights of the encoder that the checkpoint lacks (or holds but the model has no place for) mean config.json does
+    not describe the weights: training would start from random tensors. That is an error unless
+    `allow_weight_mismatch` (run_glue's --allow-weight-mismatch). Expected and always fine: the task head (new), a
+    pretraining head in the checkpoint (cls.*, lm_head.*: unused), and the pooler either way (some checkpoints have
+    none; a fresh one is drawn and carried by the task pack)."""
     from transformers import AutoModelForSequenceClassification
     path = check_model_name(name)
     kwargs = dict(num_labels=task.num_labels, torch_dtype=dtype)
@@ -59,11 +101,60 @@ def load_model(name, task, dtype=torch.float32):
         with _quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
     except Exception as e:
-        raise UsageError(f"could not load model '{name}' ({type(e).__name__}: {_first_line(e)}); use a local "
-                         f"model directory or check the hub id and your connection") from None
+        fix = ("check that config.json describes these weights and that no file is truncated" if os.path.isdir(path)
+               else "use a local model directory or check the hub id and your connection")
+        raise UsageError(f"could not load model '{name}' ({type(e).__name__}: {_first_line(e)}); {fix}") from None
+    if not allow_weight_mismatch:
+        _check_weights_match(name, model, info)
     # Parameters the checkpoint lacks (the head, sometimes a pooler) were drawn at random: task packs must carry them.
     model.newly_initialized = tuple(info.get("missing_keys", ()))
     return model
+
+
+def _check_weights_match(name, model, info):
+    problem = weight_mismatch(model, info)
+    if problem:
+        raise UsageError(f"--model-name {name}: config.json does not match the weights ({problem}); training would "
+                         f"start from random tensors -- fix config.json (model_type, num_hidden_layers, ...) or pass "
+                         f"--allow-weight-mismatch to train anyway")
+
+
+def weight_mismatch(model, info):
+    """A short description of how config.json and the loaded checkpoint disagree, or None if they agree."""
+    base = model.base_model
+    prefix = model.base_model_prefix + "."
+    children = {n for n, _ in base.named_children()}
+
+    def in_encoder(key):  # a checkpoint key of the base model, saved with or without its prefix ("bert.")
+        return key.removeprefix(prefix).split(".")[0] in children
+
+    missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith(prefix) and not _is_pooler(k))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if in_encoder(k) and not _is_pooler(k))
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} encoder weight(s) of the checkpoint are unused, e.g. {unexpected[0]}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} weight(s) have another shape, e.g. {mismatched[0]}")
+    declared = _declared_model_type(model.config)
+    if declared and declared != model.config.model_type:
+        parts.append(f"config.json says model_type {model.config.model_type!r} but names the architecture "
+                     f"{model.config.architectures[0]} ({declared})")
+    return "; ".join(parts) or None
+
+
+def _is_pooler(key):
+    return "pooler" in key.split(".")
+
+
+def _declared_model_type(config):
+    """The model_type of the class in config.json's `architectures` (what save_pretrained recorded), if known."""
+    import transformers
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    return getattr(getattr(cls, "config_class", None), "model_type", None)
 
 
 class _quiet_transformers:
@@ -145,9 +236,13 @@ def model_identity(name):
     if files:
         h = hashlib.sha256()
         for f in files:
-            with open(os.path.join(folder, f), "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            try:
+                with open(os.path.join(folder, f), "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            except OSError as e:
+                raise UsageError(f"--model-name {name}: cannot read {os.path.join(folder, f)} "
+                                 f"({e.strerror or type(e).__name__}); make the model's files readable") from None
         digest = "sha256:" + h.hexdigest()
     label = name if folder is None or not os.path.isdir(expanded) else _local_label(expanded)
     return {"name": label, "sha256": digest, "weights": files, "path": os.path.abspath(folder) if folder else None}
@@ -160,3 +255,11 @@ def _local_label(folder):
     base = os.path.basename(os.path.normpath(folder))
     parent = os.path.basename(os.path.dirname(os.path.normpath(folder)))
     return parent if base == "model" and parent else base
+
+
+def peak_memory_mb(device):
+    """Peak memory of this process so far: the GPU's max_memory_allocated on CUDA, else the resident-set peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

@@ -3,6 +3,8 @@ clipping at 1.0, cross-entropy (MSE on one output for STS-B) -- the recipe of th
 
 Everything here works on tokenized splits (`batching.Encoded`) and plain tensors; orchestration (files, epochs,
 metrics) lives in experiment.py.
+
+Layer: core.
 """
 import math
 import random
@@ -21,6 +23,12 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def epoch_generator(seed, epoch):
+    """The RNG of epoch `epoch`'s shuffle: it depends only on (seed, epoch), so every epoch sees a new order, the same
+    run always sees the same orders, and a resumed run needs no saved data-order state."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 def build_optimizer(params, name, lr, weight_decay=0.0, eps=None):
@@ -95,7 +103,7 @@ def train_step(model, batch, optimizer, scheduler, guard, params, *, device, is_
 
 
 def train_epoch(model, enc, optimizer, scheduler, guard, *, batch_size, generator, device, pad_token_id,
-                is_regression, precision="fp32", scaler=None, group_by_length=True, max_grad_norm=1.0,
+                is_regression, precision="fp32", scaler=None, group_by_length=False, max_grad_norm=1.0,
                 trainable_params=None, progress=True, desc="train", collate_fn=collate):
     """One pass over the training split. Returns the mean training loss.
 

@@ -30,6 +30,8 @@ refuses any other base.
     ev = packs.load(base_model_name, out / "pack")     # -> GLUEEvaluator: predict / predict_sentences / evaluate
     sw = packs.PackSwitcher(base_model_name)           # many tasks, one base
     sw.use("runs/rte/pack").predict_sentences(...); sw.use("runs/sst2/pack")...
+
+Layer: artifacts.
 """
 import hashlib
 import json
@@ -39,10 +41,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import data
-from .errors import UsageError
-from .io_utils import atomic_directory, atomic_write_json
-from .selection import split_base_head
+from ..core import data
+from ..core.errors import UsageError
+from . import pack_checks
+from .io import atomic_directory, atomic_write_json, new_directory
+from ..core.selection import split_base_head
 
 FORMAT = "bitfit-glue-pack"
 VERSION = 1
@@ -175,13 +178,18 @@ def _file_sha256(path):
 
 
 def write_pack(directory, model, snap, selection, *, base_model, task, label_names=None, fine_tune_type=None,
-               bias_terms=None, dev_metrics=None, max_seq_length=128, extra=None):
+               bias_terms=None, dev_metrics=None, max_seq_length=None, extra=None):
     """Write <directory>/pack.safetensors + manifest.json atomically (built in a temporary sibling folder, then
-    renamed into place). Returns the manifest (pack_bytes, full_model_bytes, ratio, ...)."""
+    renamed into place). Returns the manifest (pack_bytes, full_model_bytes, ratio, ...). max_seq_length: the run's
+    (default 128, or fewer if the model has fewer positions); readers refuse one the base cannot embed."""
     from importlib.metadata import version
     from safetensors.torch import save_file
     spec = data.get_task(task) if isinstance(task, str) else task
     label_names = list(spec.label_names) if label_names is None and spec.label_names else label_names
+    positions = getattr(model.config, "max_position_embeddings", None) or 128
+    max_seq_length = min(128, positions) if max_seq_length is None else max_seq_length
+    if max_seq_length > positions:
+        raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's {positions} positions")
     tensors, table = build_pack(model, snap, selection)
     state = model.state_dict()
     full_bytes = sum(t.numel() * t.element_size() for t in state.values())
@@ -231,60 +239,66 @@ class Pack:
 
 
 _REQUIRED = ("base_model", "base_hash", "fine_tune_type", "task", "num_labels", "tensors")
-_KEYS = {"full": ("full",), "delta": ("delta",), "sparse": ("index", "value")}
+_REDO = "re-run the training or copy the pack folder again"
 
 
 def read_pack(directory):
-    """Read and check a pack folder. Every problem with it is a one-line UsageError."""
-    from safetensors.torch import load as load_bytes
+    """Read and check a pack folder: the manifest's fields, then its tensors against it (pack_checks). Every
+    problem with it is a one-line UsageError."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise UsageError(f"--pack {directory}: no such directory; pass the 'pack' folder written beside a run")
     mpath, tpath = os.path.join(directory, MANIFEST_FILE), os.path.join(directory, TENSORS_FILE)
-    redo = "re-run the training or copy the pack folder again"
+    manifest = _read_manifest(directory, mpath)
+    tensors = _read_tensors(directory, tpath, manifest)
+    if pack_checks.expected_keys(manifest) != set(tensors):
+        odd = sorted(pack_checks.expected_keys(manifest) ^ set(tensors))
+        raise UsageError(f"{tpath} does not match its manifest ({len(odd)} tensor(s) differ, e.g. {odd[0]}); {_REDO}")
+    pack_checks.check_tensors(manifest, tensors, mpath, _REDO)
+    return Pack(directory, manifest, tensors)
+
+
+def _read_manifest(directory, mpath):
     try:
         with open(mpath, encoding="utf-8") as f:
             manifest = json.load(f)
     except FileNotFoundError:
         raise UsageError(f"{directory} is not a task pack (no {MANIFEST_FILE}); pass the 'pack' folder of a run") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError(f"{mpath} is corrupt (not valid JSON); {redo}") from None
+        raise UsageError(f"{mpath} is corrupt (not valid JSON); {_REDO}") from None
+    except OSError as e:  # permission denied, a directory of that name, ...
+        raise UsageError(f"cannot read {mpath} ({e.strerror or type(e).__name__}); make it readable or "
+                         f"{_REDO}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UsageError(f"{mpath} is not a bitfit-glue task pack manifest (format "
-                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}); {redo}")
+                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}); {_REDO}")
     if manifest.get("version") != VERSION:
         raise UsageError(f"{mpath} has pack version {manifest.get('version')!r}; this bitfit-glue reads version "
                          f"{VERSION} -- use the bitfit-glue version that wrote it")
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
-        raise UsageError(f"{mpath} lacks {', '.join(missing)}; the manifest is damaged -- {redo}")
+        raise UsageError(f"{mpath} lacks {', '.join(missing)}; the manifest is damaged -- {_REDO}")
+    pack_checks.check_manifest(manifest, mpath, _REDO)
+    return manifest
+
+
+def _read_tensors(directory, tpath, manifest):
+    from safetensors.torch import load as load_bytes
     try:
         with open(tpath, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise UsageError(f"{directory} has no {TENSORS_FILE}; the pack is incomplete -- {redo}") from None
+        raise UsageError(f"{directory} has no {TENSORS_FILE}; the pack is incomplete -- {_REDO}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {tpath} ({e.strerror or type(e).__name__}); make it readable or "
+                         f"{_REDO}") from None
     if "pack_sha256" in manifest and hashlib.sha256(raw).hexdigest() != manifest["pack_sha256"]:
         raise UsageError(f"{tpath} is corrupt or truncated ({len(raw):,} bytes, sha256 differs from the "
-                         f"manifest's); {redo}")
+                         f"manifest's); {_REDO}")
     try:
-        tensors = load_bytes(raw)
+        return load_bytes(raw)
     except Exception as e:
-        raise UsageError(f"{tpath} is not a readable safetensors file ({type(e).__name__}); {redo}") from None
-    expected, fixups = set(), 0
-    for name, entry in manifest["tensors"].items():
-        kind = entry.get("kind")
-        if kind not in _KEYS:
-            raise UsageError(f"{mpath}: tensor {name} has unknown kind {kind!r}; {redo}")
-        expected |= {f"{k}/{name}" for k in _KEYS[kind]}
-        fixups += entry.get("fixups", 0) if kind == "delta" else 0
-    if fixups:
-        expected |= {"fixups/index", "fixups/value"}
-    if expected != set(tensors):
-        odd = sorted(expected ^ set(tensors))
-        raise UsageError(f"{tpath} does not match its manifest ({len(odd)} tensor(s) differ, e.g. {odd[0]}); {redo}")
-    if fixups and not len(tensors["fixups/index"]) == len(tensors["fixups/value"]) == fixups:
-        raise UsageError(f"{tpath} holds {len(tensors['fixups/index'])} fix-ups, its manifest counts {fixups}; {redo}")
-    return Pack(directory, manifest, tensors)
+        raise UsageError(f"{tpath} is not a readable safetensors file ({type(e).__name__}); {_REDO}") from None
 
 
 def _as_pack(pack):
@@ -346,43 +360,41 @@ def apply_pack(model, pack, *, model_hash=None, base_name=None, saved=None):
     pack = _as_pack(pack)
     excludes = pack.manifest.get("hash_excludes", [])
     check_base(pack, base_hash(model, excludes) if model_hash is None else model_hash, base_name)
+    pack_checks.check_fits(model, pack)  # all of it fits, or nothing is changed
     state = model.state_dict()
-    _, head_names = split_base_head(model)
-    head = set(head_names)
-    t = pack.tensors
+    head = set(split_base_head(model)[1])
     fix_start = 0  # the pooled fix-ups are consumed in manifest order
     for name, entry in pack.manifest["tensors"].items():
-        if name not in state:
-            raise UsageError(f"the pack changes {name}, which this model does not have; load the base model the "
-                             f"pack was trained on ({pack.manifest['base_model']})")
-        target = state[name]
-        kind = entry["kind"]
-        if kind == "full":
-            if saved is not None:
-                saved[name] = ("full", target.clone())
-            _set_full(model, name, t[f"full/{name}"], name in head)
-            continue
-        flat = target.view(-1)
-        if kind == "sparse":
-            idx = t[f"index/{name}"].to(device=target.device, dtype=torch.long)
-            if saved is not None:
-                saved[name] = ("sparse", idx, flat[idx].clone())
-            flat[idx] = t[f"value/{name}"].to(target.device, target.dtype)
-        else:  # delta: b_0 + delta in float32, then the exactness fix-ups
-            if target.shape != t[f"delta/{name}"].shape:
-                raise UsageError(f"the pack's {name} has shape {list(t[f'delta/{name}'].shape)}, the base's "
-                                 f"{list(target.shape)}; load the base model the pack was trained on")
-            if saved is not None:
-                saved[name] = ("full", target.clone())
-            target.copy_((target.float() + t[f"delta/{name}"].to(target.device)).to(target.dtype))
-            n = entry.get("fixups", 0)
-            if n:
-                part = slice(fix_start, fix_start + n)
-                idx = t["fixups/index"][part].to(device=target.device, dtype=torch.long)
-                flat[idx] = t["fixups/value"][part].to(target.device, target.dtype)
-                fix_start += n
+        fix_start = _apply_tensor(model, state[name], pack.tensors, name, entry, name in head, saved, fix_start)
     _set_labels(model, pack.manifest)
     return model
+
+
+def _apply_tensor(model, target, t, name, entry, is_head, saved, fix_start):
+    """Apply one manifest entry onto `target` (the model's tensor); returns where the next fix-ups start."""
+    kind = entry["kind"]
+    if kind == "full":
+        if saved is not None:
+            saved[name] = ("full", target.clone())
+        _set_full(model, name, t[f"full/{name}"], is_head)
+        return fix_start
+    flat = target.view(-1)
+    if kind == "sparse":
+        idx = t[f"index/{name}"].to(device=target.device, dtype=torch.long)
+        if saved is not None:
+            saved[name] = ("sparse", idx, flat[idx].clone())
+        flat[idx] = t[f"value/{name}"].to(target.device, target.dtype)
+        return fix_start
+    # delta: b_0 + delta in float32, then the exactness fix-ups
+    if saved is not None:
+        saved[name] = ("full", target.clone())
+    target.copy_((target.float() + t[f"delta/{name}"].to(target.device)).to(target.dtype))
+    n = entry.get("fixups", 0)
+    if n:
+        part = slice(fix_start, fix_start + n)
+        idx = t["fixups/index"][part].to(device=target.device, dtype=torch.long)
+        flat[idx] = t["fixups/value"][part].to(target.device, target.dtype)
+    return fix_start + n
 
 
 @torch.no_grad()
@@ -404,7 +416,7 @@ def restore(model, saved):
 
 def load_base(base_model, pack, device="cpu"):
     """A freshly loaded base model with the pack's task head shape (random head, replaced by apply_pack)."""
-    from .model import load_model
+    from ..core.model import load_model
     return load_model(base_model, data.get_task(_as_pack(pack).manifest["task"])).to(device)
 
 
@@ -422,7 +434,7 @@ class PackSwitcher:
     def use(self, pack):
         """Switch to `pack` (folder or Pack); returns a GLUEEvaluator for its task sharing this model."""
         from .evaluator import GLUEEvaluator
-        from .model import load_tokenizer
+        from ..core.model import load_tokenizer
         pack = _as_pack(pack)
         if self.model is None:
             self.tokenizer = load_tokenizer(self.base_model)
@@ -436,6 +448,7 @@ class PackSwitcher:
             if current is not None:
                 self._apply(current)
         check_base(pack, self._hashes[excludes], self.base_model)  # a refusal leaves the current pack in place
+        pack_checks.check_max_seq_length(pack, self.model, self.tokenizer, self.base_model)
         restore(self.model, self._saved)
         self.current = None
         self._apply(pack)
@@ -458,8 +471,10 @@ def load(base_model, pack, device="cpu"):
     return PackSwitcher(base_model, device).use(pack)
 
 
-def export(evaluator, directory):
+def export(evaluator, directory, flag="--export"):
     """A standard Hugging Face model folder (weights + config with labels + tokenizer) that plain
     AutoModelForSequenceClassification.from_pretrained loads; evaluator.json beside them lets
-    GLUEEvaluator.load read it too."""
-    return evaluator.save(directory)
+    GLUEEvaluator.load read it too. `directory` must be new or empty: nothing already there is replaced."""
+    with new_directory(directory, flag) as built:
+        evaluator.save(built)
+    return os.fspath(directory)

@@ -3,6 +3,8 @@
 A split is tokenized in one batched call without padding (`encode`); each batch is padded only to its own longest
 sequence (`collate`). With length grouping (`batch_order`) similar lengths share a batch, so little compute is spent
 on padding. `pad_to=128` in collate reproduces the official BitFit pipeline, which pads every sequence to 128.
+
+Layer: core.
 """
 from dataclasses import dataclass
 

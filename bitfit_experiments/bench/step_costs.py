@@ -12,6 +12,8 @@ where the time and the memory go (and so which speed/memory targets a machine ca
   deduplicated, views of parameters excluded). This is what `torch.cuda.max_memory_allocated` sees on a GPU
   (an upper bound of it: gradients appear while saved activations are being freed), without the ~0.5 GB of
   libraries and allocator slack that a CPU process's RSS adds to every fine-tune type alike.
+
+Layer: bench.
 """
 import time
 

@@ -6,6 +6,8 @@ What a run needs to continue exactly where it stopped:
 - the RNG states of python, numpy and torch (dropout), and the epoch and metric history so far.
 The data order of epoch e depends only on (seed, e), so it needs no saved state. Tensors go into the safetensors
 payload, everything else into its string metadata as JSON.
+
+Layer: artifacts.
 """
 import json
 import os
@@ -16,8 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from .errors import UsageError
-from .io_utils import atomic_open
+from ..core.errors import UsageError
+from .io import atomic_open
 
 FILENAME = "checkpoint.safetensors"
 FORMAT = "bitfit-glue-checkpoint/1"

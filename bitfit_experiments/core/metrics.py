@@ -4,6 +4,8 @@ cola: matthews_correlation; sst2, mnli, qnli, rte, wnli: accuracy; mrpc, qqp: ac
 class, label 1); stsb: pearson and spearmanr. Values are fractions in [0, 1] (or [-1, 1] for correlations) as
 python floats; the paper's tables print them x100. A correlation of constant predictions is NaN for STS-B (scipy)
 and 0.0 for CoLA (sklearn), as in `evaluate`.
+
+Layer: core.
 """
 import numpy as np
 from scipy.stats import pearsonr, spearmanr

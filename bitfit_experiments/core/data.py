@@ -9,10 +9,14 @@ Label ids are the hub's in both cases, so a model trained from one source can be
 The TSVs are read the way the GLUE/BERT processors read them: tab-separated, quoting OFF. CoLA, SST-2, STS-B and MRPC
 contain unbalanced `"` characters; with CSV quoting on, rows silently merge and the counts come out wrong. Empty
 strings and texts like "null"/"NA" are kept as text (QQP has such questions).
+
+Layer: core.
 """
 import csv
 import math
 import os
+import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +101,8 @@ def split_path(task, split, data_dir):
 
 def load_split(task, split, data_dir=None):
     """One split as a DataFrame: idx (int64), text_a (str), text_b (str, or None for single-sentence tasks),
-    label (int64 hub label id, -1 for unlabeled test rows; float32 score for stsb, NaN when unlabeled)."""
+    label (int64 hub label id, -1 for unlabeled test rows; float32 score for stsb, NaN when unlabeled).
+    df.attrs["skipped_malformed_rows"]: rows of the original QQP train.tsv skipped as malformed (0 elsewhere)."""
     spec = get_task(task)
     if split not in spec.splits:
         raise UsageError(f"task {spec.name} has no split {split!r}; choose one of: {', '.join(spec.splits)}")
@@ -108,19 +113,52 @@ def load_split(task, split, data_dir=None):
 
 
 def _read_rows(path, split):
+    """[(line number, fields)] of the non-blank lines of a GLUE TSV. Every way the file can be unreadable is a
+    one-line UsageError naming the file, with the real line or byte."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory, not a GLUE file; --data-dir must hold the original GLUE layout "
+                         f"<data-dir>/<Task>/<split>.tsv")
     if not os.path.isfile(path):
         raise UsageError(f"GLUE file not found: {path}; --data-dir must hold the original GLUE layout "
                          f"<data-dir>/<Task>/<split>.tsv (e.g. RTE/dev.tsv, MNLI/dev_matched.tsv, diagnostic/diagnostic.tsv)")
+    reader = None
     try:
         # utf-8-sig strips MRPC's byte-order mark and is plain UTF-8 for the other files.
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = [r for r in csv.reader(f, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE) if r]
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not valid UTF-8 (byte {e.start}); use the original GLUE files, "
+            reader = csv.reader(f, delimiter="\t", quotechar=None, quoting=csv.QUOTE_NONE)
+            # Quoting is off, so one record is one physical line and line_num is its line in the file.
+            rows = [(reader.line_num, r) for r in reader if r]
+    except UnicodeDecodeError:
+        byte, line = _first_bad_byte(path)
+        raise UsageError(f"{path} is not valid UTF-8 (byte {byte}, line {line}); use the original GLUE files, "
                          f"which are UTF-8") from None
+    except csv.Error as e:  # the only one with quoting off: a field longer than csv.field_size_limit()
+        raise UsageError(f"{path} line {reader.line_num}: {e}; this is not a GLUE TSV (binary data, or lines "
+                         f"without line breaks) -- re-download the GLUE {split} file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path} ({e.strerror or type(e).__name__}); make the file readable or "
+                         f"re-download it") from None
     if not rows:
         raise UsageError(f"{path} is empty; re-download the GLUE {split} file")
     return rows
+
+
+def _first_bad_byte(path):
+    """(offset in the file, line) of the first byte that is not UTF-8. The decoder's own offset is relative to the
+    chunk it was decoding, so the file is decoded once more as a whole (only on this error path)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        raw.decode("utf-8")  # a byte-order mark is valid UTF-8, so offsets match the file's
+    except UnicodeDecodeError as e:
+        return e.start, raw.count(b"\n", 0, e.start) + 1
+    return None, None
+
+
+# QQP's original train.tsv has a few rows split by a newline inside a question: both halves have fewer fields than
+# the header. The GLUE/BERT processors skipped such rows (IndexError -> continue); we do the same, for this file only,
+# and say how many. Every other short row stays an error.
+_SKIP_SHORT_ROWS = {("qqp", "train")}
 
 
 def _read_tsv(spec, split, path, labeled):
@@ -128,13 +166,12 @@ def _read_tsv(spec, split, path, labeled):
     idx_col, a_col, b_col, label_col, label_kind = _COLUMNS[spec.name]
     if split == "ax":  # the diagnostic set: index, sentence1, sentence2 (MNLI labels, but unlabeled)
         idx_col, a_col, b_col = "index", "sentence1", "sentence2"
-    first_line = 1
     if spec.name == "cola" and split != "test":
         # No header: position is all we have (a wrong file shows up as labels outside 0/1).
         pos = {"idx": None, "text_a": _COLA_NO_HEADER["text_a"], "text_b": None, "label": _COLA_NO_HEADER["label"]}
         label_kind = "int"
     else:
-        header, rows, first_line = rows[0], rows[1:], 2
+        (_, header), rows = rows[0], rows[1:]
         if not rows:
             raise UsageError(f"{path} has a header but no data rows; re-download the GLUE {split} file")
         wanted = {"idx": idx_col, "text_a": a_col, "text_b": b_col, "label": label_col if labeled else None}
@@ -147,28 +184,56 @@ def _read_tsv(spec, split, path, labeled):
         # The index column is optional (SST-2, MRPC train/dev have none): then idx is the row number, like the hub's.
         pos = {k: (header.index(c) if c is not None and c in header else None) for k, c in wanted.items()}
     need = max(p for p in pos.values() if p is not None) + 1
+    rows, skipped = _drop_short_rows(spec, split, path, rows, need)
+    df = _frame(spec, label_kind, path, rows, pos)
+    df.attrs["skipped_malformed_rows"] = skipped
+    return df
+
+
+def _drop_short_rows(spec, split, path, rows, need):
+    """(rows, how many were skipped): short rows are skipped only where the GLUE processors skipped them."""
+    short = [line for line, row in rows if len(row) < need]
+    if not short:
+        return rows, 0
+    if (spec.name, split) not in _SKIP_SHORT_ROWS:
+        line = short[0]
+        fields = len(next(row for n, row in rows if n == line))
+        raise UsageError(f"{path} line {line} has {fields} tab-separated field(s), expected at least {need}; "
+                         f"the file is truncated or was edited -- re-download it")
+    kept = [(line, row) for line, row in rows if len(row) >= need]
+    if not kept:
+        raise UsageError(f"{path}: every data row has fewer than {need} tab-separated fields; it is not the GLUE "
+                         f"{spec.glue_dir} {split} file -- re-download it")
+    where = ", ".join(map(str, short[:5])) + (", ..." if len(short) > 5 else "")
+    print(f"{path}: skipped {len(short)} malformed row(s) with fewer than {need} tab-separated fields (line(s) "
+          f"{where}), as the GLUE processors did", file=sys.stderr, flush=True)
+    return kept, len(short)
+
+
+def _frame(spec, label_kind, path, rows, pos):
     n = len(rows)
     idx = np.arange(n, dtype=np.int64)
     text_a, text_b = [None] * n, [None] * n
     labels = np.full(n, np.nan if spec.is_regression else -1, dtype=np.float32 if spec.is_regression else np.int64)
     name_to_id = {name: i for i, name in enumerate(spec.label_names or ())}
-    for i, row in enumerate(rows):
-        line = i + first_line
-        if len(row) < need:
-            raise UsageError(f"{path} line {line} has {len(row)} tab-separated field(s), expected at least {need}; "
-                             f"the file is truncated or was edited -- re-download it")
+    for i, (line, row) in enumerate(rows):
         text_a[i] = row[pos["text_a"]]
         if pos["text_b"] is not None:
             text_b[i] = row[pos["text_b"]]
         if pos["idx"] is not None:
-            try:
-                idx[i] = int(row[pos["idx"]])
-            except ValueError:
-                raise UsageError(f"{path} line {line}: index {row[pos['idx']]!r} is not an integer; "
-                                 f"re-download the file") from None
+            value = row[pos["idx"]].strip()
+            if not _ASCII_INT.fullmatch(value):
+                raise UsageError(f"{path} line {line}: index {row[pos['idx']]!r} is not a non-negative integer; "
+                                 f"re-download the file")
+            idx[i] = int(value)
         if pos["label"] is not None:
             labels[i] = _parse_label(spec, label_kind, row[pos["label"]], name_to_id, path, line)
     return pd.DataFrame({"idx": idx, "text_a": text_a, "text_b": text_b, "label": labels})
+
+
+# ASCII digits only: str.isdigit() and int()/float() also accept '²', '٣' and '1_0', which no GLUE file contains.
+_ASCII_INT = re.compile(r"[0-9]+")
+_ASCII_SCORE = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
 def _parse_label(spec, kind, value, name_to_id, path, line):
@@ -177,14 +242,11 @@ def _parse_label(spec, kind, value, name_to_id, path, line):
         if value in name_to_id:
             return name_to_id[value]
     elif kind == "float":
-        try:
-            score = float(value)
-        except ValueError:
-            score = math.nan
+        score = float(value) if _ASCII_SCORE.fullmatch(value) else math.nan
         if 0.0 <= score <= 5.0:
             return score
         raise UsageError(f"{path} line {line}: score {value!r} is not a number in [0, 5]; re-download the file")
-    elif value.lstrip("-").isdigit() and 0 <= int(value) < spec.num_labels:
+    elif _ASCII_INT.fullmatch(value) and int(value) < spec.num_labels:
         return int(value)
     valid = ", ".join(spec.label_names) if kind == "name" else f"0..{spec.num_labels - 1}"
     raise UsageError(f"{path} line {line}: label {value!r} is not one of {valid} for {spec.name}; "
@@ -224,8 +286,10 @@ def _load_hub(spec, split, labeled):
             label[:] = np.nan
     else:
         label = label.astype(np.int64)
-    return pd.DataFrame({"idx": np.asarray(ds["idx"], dtype=np.int64), "text_a": list(ds[a_col]),
-                         "text_b": list(ds[b_col]) if b_col else [None] * n, "label": label})
+    df = pd.DataFrame({"idx": np.asarray(ds["idx"], dtype=np.int64), "text_a": list(ds[a_col]),
+                       "text_b": list(ds[b_col]) if b_col else [None] * n, "label": label})
+    df.attrs["skipped_malformed_rows"] = 0  # the hub's QQP has no malformed rows
+    return df
 
 
 def subsample(df, train_size, seed):

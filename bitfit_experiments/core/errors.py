@@ -3,6 +3,8 @@
 Anything the user can fix (a bad flag, a missing file, a wrong path) raises UsageError with a one-line message
 that names the problem and the fix. The CLI entry points catch it, print `error: <message>` to stderr and exit
 with code 2 -- no traceback. Bugs in our own code are not UsageErrors and keep their traceback.
+
+Layer: core.
 """
 import sys
 

@@ -1,0 +1,2 @@
+"""Layer bench: speed and memory measurements (benchmark, step costs, inference).
+"""

@@ -1,0 +1,192 @@
+"""Figures from a directory of runs:
+
+    python -m bitfit_experiments.figures RUNS_DIR [--out DIR] [--epoch-selection best|last]
+
+  * bias_change_<model>_<task>.png -- the paper's Figures 1, 3-5: mean |b_F - b_0| per bias family and layer,
+    BitFit runs at the learning rate the tables select, averaged over seeds (the averaged numbers go beside
+    it as .json, which the claims check reads);
+  * train_size_<model>_<task>.png -- the GLUE analogue of Figure 2: Full-FT vs BitFit dev score (mean ± std over
+    seeds, best lr per size) against the number of training examples;
+  * generalization_gap_<model>_<task>.png -- train vs dev headline metric per epoch for Full-FT and BitFit
+    (runs made with --eval-train), the paper's "generalization gap" remark made visible.
+The same aggregation as the tables picks the runs, so a figure always shows the cells the table reports.
+
+Layer: report.
+"""
+import argparse
+import os
+import statistics
+
+from . import tables
+from ..core.errors import UsageError, exit_on_usage_error
+from ..artifacts.io import atomic_save_figure, atomic_write_json, check_writable
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")  # no display on clusters and CI
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _slug(*parts):
+    return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
+
+
+def mean_bias_changes(cell):
+    """Seed-average of bias_changes.json over a cell's runs (None when no run wrote one)."""
+    import json
+    found = []
+    for path in cell["runs"]:
+        f = os.path.join(path, "bias_changes.json")
+        if os.path.exists(f):
+            with open(f, encoding="utf-8") as fh:
+                found.append(json.load(fh))
+    if not found:
+        return None
+    families = {fam: [statistics.fmean(vals) for vals in zip(*(c["families"][fam] for c in found))]
+                for fam in found[0]["families"]}
+    return {"layers": found[0].get("layers"), "families": families, "notation": found[0].get("notation", {}),
+            "seeds": len(found), "learning_rate": cell["lr"]}
+
+
+def table_cells(cells):
+    """The cells the table reports: one per (model, method, task), the full training set or its largest subset
+    (the CPU preset trains SST-2 on a subset; a training-size sweep has several)."""
+    return [cell for row in tables.table_rows(cells).values() for cell in row.values()]
+
+
+def bias_heatmaps(cells, out):
+    from .plots import plot_bias_heatmap  # the run-level plotting module; imported late so this module loads alone
+    written = []
+    for cell in table_cells(cells):
+        if cell["method"] != "BitFit":
+            continue
+        changes = mean_bias_changes(cell)
+        if changes is None:
+            continue
+        stem = os.path.join(out, "bias_change_" + _slug(cell["model"], cell["task"]))
+        atomic_write_json(stem + ".json", changes)
+        title = (f"Change in bias components ({cell['task'].upper()} task, {cell['model']}, "
+                 f"lr {cell['lr']:g}, {changes['seeds']} seeds)")
+        plot_bias_heatmap(changes, stem + ".png", title)
+        written.append(stem + ".png")
+    return written
+
+
+def _headline(cell):
+    """One number per cell (MNLI: mean of matched and mismatched) and its std, x100."""
+    cols = list(cell["mean"])
+    return statistics.fmean(cell["mean"][c] for c in cols), statistics.fmean(cell["std"][c] for c in cols)
+
+
+def training_size_curves(cells, results_by_path, out):
+    plt = _plt()
+    groups = {}
+    for cell in cells.values():
+        if cell["method"] in ("Full-FT", "BitFit"):
+            groups.setdefault((cell["model"], cell["task"]), []).append(cell)
+    written = []
+    for (model, task), group in sorted(groups.items()):
+        if len({c["train_size"] for c in group}) < 2:
+            continue  # not a training-size sweep
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for method, style in (("Full-FT", "o-"), ("BitFit", "s-")):
+            points = []
+            for c in group:
+                if c["method"] == method:
+                    # the true number of examples trained on (a "full" run records its whole training set)
+                    n = results_by_path[c["runs"][0]].num_train_examples or c["train_size"]
+                    points.append((n, *_headline(c)))
+            if points:
+                points.sort()
+                xs, ys, es = zip(*points)
+                ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, ms=4, label=method)
+        metric = results_by_path[group[0]["runs"][0]].headline_metric
+        ax.set_xscale("log")
+        ax.set_xlabel("training examples")
+        ax.set_ylabel(f"dev {metric} (x100)")
+        ax.set_title(f"{task.upper()}, {model}: BitFit vs Full-FT by training size", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(plt, fig, os.path.join(out, "train_size_" + _slug(model, task) + ".png")))
+    return written
+
+
+def _save(plt, fig, path):
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _curve(results_list, split):
+    """Mean over seeds of the headline metric (x100) per epoch on one split; epochs every run has."""
+    n = min(len(r.epochs) for r in results_list)
+    key = results_list[0].headline_metric
+    return [statistics.fmean(100 * r.epochs[i].metrics[split][key] for r in results_list) for i in range(n)]
+
+
+def generalization_gap(cells, results_by_path, out):
+    plt = _plt()
+    pairs = {}
+    for cell in table_cells(cells):
+        if cell["method"] in ("Full-FT", "BitFit"):
+            runs = [results_by_path[p] for p in cell["runs"]]
+            if all(r.epochs and "train" in r.epochs[0].metrics for r in runs):
+                pairs.setdefault((cell["model"], cell["task"]), {})[cell["method"]] = (cell, runs)
+    written = []
+    for (model, task), methods in sorted(pairs.items()):
+        if len(methods) < 2:
+            continue
+        fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+        for method, color in (("Full-FT", "tab:red"), ("BitFit", "tab:blue")):
+            cell, runs = methods[method]
+            dev_split = runs[0].eval_splits[0]
+            train, dev = _curve(runs, "train"), _curve(runs, dev_split)
+            epochs = range(1, len(train) + 1)
+            label = f"{method} (lr {cell['lr']:g})"
+            ax.plot(epochs, train, "--", color=color, label=f"{label} train")
+            ax.plot(epochs, dev, "-", color=color, label=f"{label} dev")
+            gap_ax.plot(epochs, [t - d for t, d in zip(train, dev)], "-o", ms=3, color=color, label=method)
+        metric = methods["BitFit"][1][0].headline_metric
+        ax.set_title(f"{task.upper()}, {model}: train vs dev {metric}", fontsize=9)
+        gap_ax.set_title("generalization gap (train - dev)", fontsize=9)
+        from matplotlib.ticker import MaxNLocator
+        for a in (ax, gap_ax):
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.set_xlabel("epoch")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
+        written.append(_save(plt, fig, os.path.join(out, "generalization_gap_" + _slug(model, task) + ".png")))
+    return written
+
+
+def make_figures(runs_dir, out, selection="best"):
+    runs, _ = tables.load_runs(runs_dir)
+    if not runs:
+        raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
+    cells = tables.aggregate(runs, selection)
+    results_by_path = {r["path"]: r["results"] for r in runs}
+    return (bias_heatmaps(cells, out) + training_size_curves(cells, results_by_path, out)
+            + generalization_gap(cells, results_by_path, out))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.figures", description=__doc__.split("\n")[0])
+    ap.add_argument("runs_dir")
+    ap.add_argument("--out", default=None, help="directory for the figures (default: RUNS_DIR/figures)")
+    ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
+    args = ap.parse_args(argv)
+    if args.out:  # before the runs are read: a file, or a path under one, is refused in one line
+        check_writable(args.out, "--out")
+    written = make_figures(args.runs_dir, args.out or os.path.join(args.runs_dir, "figures"), args.epoch_selection)
+    for path in written:
+        print(path)
+    if not written:
+        print("no figure applies to these runs (need BitFit runs with bias_changes.json, several --train-size "
+              "values, or Full-FT and BitFit runs made with --eval-train)")
+
+
+if __name__ == "__main__":
+    exit_on_usage_error(main)()

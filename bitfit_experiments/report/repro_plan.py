@@ -1,0 +1,134 @@
+"""The plan of the converged CPU reproduction (scripts/cpu_repro.sh): which runs should exist, given the runs done.
+
+Layer: report (reads finished runs; writes nothing). The sweep script asks it for the run list again and again; each
+answer depends on what is complete, so the learning-rate pilot grows as its results come in:
+
+1. pilot, seed 0: BitFit and Full-FT on every task, first at two points of the paper's grid (bias-only 4e-4 and
+   1e-3, Full-FT 2e-5 and 5e-5). While the best rate of a (method, task) sits on the edge of the rates run so far,
+   the next point past that edge is added: the paper's grid first ({1,4,7,10}e-4, {1,2,3,5}e-5), then one step
+   beyond it (above: the grid's top spacing, 1.3e-3 and 7e-5; below: its bottom ratio, 2.5e-5 and 5e-6) and no
+   further. "Best" = the best-epoch dev headline metric; ties go to the higher last-epoch score, then the lower rate.
+2. seeds: BitFit and Full-FT at their best pilot rate with the remaining seeds (1, 2).
+3. others: every other Table-3 method, seed 0, at BitFit's best pilot rate on that task (the pilot covers BitFit
+   and Full-FT only; the other bias-only, random and frozen rows share the bias-only grid).
+4. curve: BitFit and Full-FT on SST-2 at several training sizes, 3 seeds, at their SST-2 best pilot rate.
+
+A phase's runs appear as soon as what they depend on is known, so the workers are never idle waiting for a whole
+phase. Output: one line per run, "method task train_size lr seed", in priority order.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+BIAS_GRID = (1e-4, 4e-4, 7e-4, 1e-3)
+FULL_GRID = (1e-5, 2e-5, 3e-5, 5e-5)
+PILOT_START = {"bias": (4e-4, 1e-3), "full": (2e-5, 5e-5)}
+OTHER_METHODS = ("bm2_bq", "bm2", "bq", "frozen", "rand_uniform", "rand_row_col")
+HEADLINE = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "stsb": "spearmanr", "rte": "accuracy",
+            "qnli": "accuracy", "qqp": "f1", "mnli": "accuracy", "wnli": "accuracy"}
+
+
+def fmt_lr(lr):
+    """1.3e-3, 4e-4, 2.5e-5: the spelling of the run directories (lr<rate>)."""
+    exp = math.floor(math.log10(lr) + 1e-9)
+    mant = round(lr / 10 ** exp, 6)
+    return f"{mant:g}e{exp}"
+
+
+def extended_grid(grid):
+    """The paper's grid plus one step past each edge (above: the top spacing; below: the bottom ratio, since a
+    spacing step would reach 0)."""
+    grid = sorted(grid)
+    low = grid[0] * grid[0] / grid[1]
+    high = grid[-1] + (grid[-1] - grid[-2])
+    return [float(fmt_lr(low))] + grid + [float(fmt_lr(high))]
+
+
+def run_dir(runs_dir, method, task, size, lr, seed, tag="minilm"):
+    return os.path.join(runs_dir, tag, method, f"{task}-n{size}", f"lr{fmt_lr(lr)}", f"seed{seed}")
+
+
+def score(path, task):
+    """(best-epoch dev headline, last-epoch dev headline) of a complete run, or None."""
+    try:
+        with open(os.path.join(path, "results.json"), encoding="utf-8") as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(r, dict) or r.get("status") != "complete":
+        return None
+    split = r["eval_splits"][0]
+    key = r.get("headline_metric") or HEADLINE[task]
+    return r["best"][split][key], r["last"][split][key]
+
+
+def pilot(runs_dir, method, task, size, grid, start, seed=0):
+    """(rates to run now, best rate or None when the pilot is not finished)."""
+    full = extended_grid(grid)
+    tried = sorted(set(float(fmt_lr(x)) for x in start))
+    while True:
+        scores = {lr: score(run_dir(runs_dir, method, task, size, lr, seed), task) for lr in tried}
+        pending = [lr for lr in tried if scores[lr] is None]
+        if pending:
+            return pending, None
+        best = max(tried, key=lambda lr: (scores[lr][0], scores[lr][1], -lr))
+        i = full.index(best)
+        nxt = None
+        if best == tried[-1] and i + 1 < len(full):
+            nxt = full[i + 1]
+        elif best == tried[0] and i > 0:
+            nxt = full[i - 1]
+        if nxt is None or nxt in tried:
+            return [], best
+        tried = sorted(tried + [nxt])
+
+
+def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS):
+    """Every run that should exist now, in priority order: pilot, seeds, others, curve."""
+    lines = {p: [] for p in ("pilot", "seeds", "others", "curve")}
+    best = {}
+    for task in tasks:
+        for method, kind in (("bitfit", "bias"), ("full_ft", "full")):
+            grid = BIAS_GRID if kind == "bias" else FULL_GRID
+            todo, b = pilot(runs_dir, method, task, size, grid, PILOT_START[kind], seed=seeds[0])
+            lines["pilot"] += [(method, task, size, lr, seeds[0]) for lr in todo]
+            if b is not None:
+                best[method, task] = b
+                lines["seeds"] += [(method, task, size, b, s) for s in seeds[1:]]
+    for task in tasks:
+        if ("bitfit", task) in best:
+            lines["others"] += [(m, task, size, best["bitfit", task], seeds[0]) for m in others]
+    if "sst2" in tasks:
+        for s in seeds:
+            for n in curve_sizes:
+                for method in ("bitfit", "full_ft"):
+                    if n != size and (method, "sst2") in best:
+                        lines["curve"].append((method, "sst2", n, best[method, "sst2"], s))
+    return lines, best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Print the runs the converged CPU reproduction should have now.")
+    p.add_argument("runs_dir")
+    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
+    p.add_argument("--train-size", type=int, default=2000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000])
+    p.add_argument("--phases", nargs="+", default=["pilot", "seeds", "others", "curve"])
+    p.add_argument("--others", nargs="*", default=list(OTHER_METHODS))
+    p.add_argument("--best", action="store_true", help="print the best pilot rate per (method, task) instead")
+    a = p.parse_args(argv)
+    lines, best = plan(a.runs_dir, a.tasks, a.train_size, a.seeds, a.curve_sizes, a.others)
+    if a.best:
+        for (method, task), lr in sorted(best.items()):
+            print(method, task, fmt_lr(lr))
+        return
+    for phase in a.phases:
+        for method, task, n, lr, seed in lines[phase]:
+            print(method, task, n, fmt_lr(lr), seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
