@@ -32,7 +32,7 @@ from .artifacts.submission import write_server_file
 from .core import data, metrics, selection
 from .core.batching import collate, encode
 from .core.config import RESUME_NEUTRAL, PAPER_NOTATION, RunConfig
-from .core.errors import UsageError
+from .core.errors import UsageError, first_line
 from .core.features import cache_features, predict_head_logits, train_head_epoch
 from .core.model import load_model, load_tokenizer, model_identity, peak_memory_mb, resolve_device
 from .core.trainer import build_optimizer, build_scheduler, epoch_generator, predict_logits, set_seed, train_epoch
@@ -393,7 +393,7 @@ def _recording_failures(run_):
         raise
     except Exception as e:
         run_.record.status = "failed"
-        run_.record.failure_reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        run_.record.failure_reason = f"{type(e).__name__}: {first_line(e, 300)}"
         run_.save_record()
         atomic_write_text(os.path.join(run_.out, "failure.txt"), traceback.format_exc())
     finally:
@@ -401,7 +401,7 @@ def _recording_failures(run_):
             signal.signal(s, handler)
 
 
-def _raise_interrupt(signum, frame):
+def _raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from bitfit_experiments.artifacts.record import EpochRecord, RunRecord
 from bitfit_experiments.report import tables
 from bitfit_experiments.core.errors import UsageError
 
@@ -17,31 +18,26 @@ def make_run(root, rel, task, ft, lr, seed, dev, bias_terms=None, status="comple
     os.makedirs(path, exist_ok=True)
     key = HEADLINE.get(task, "accuracy")
     splits = ["dev_matched", "dev_mismatched"] if task == "mnli" else ["dev"]
-    epochs = []
+    bias_terms = bias_terms or (["all"] if ft == "bitfit" else [])
+    record = RunRecord(status=status, failure_reason=None if status == "complete" else "boom", task=task,
+                       model_name=model, fine_tune_type=ft, bias_terms=bias_terms, learning_rate=lr, seed=seed,
+                       train_size=train_size, num_train_examples=train_size or 1000, headline_metric=key,
+                       eval_splits=splits, trainable_params=10, total_params=100, trainable_share=share,
+                       paper_param_share=100.0 if ft == "full_ft" else share)
     for i, v in enumerate(dev):
         metrics = {splits[0]: {key: v}}
         if task == "mnli":
             metrics["dev_mismatched"] = {key: (mm or dev)[i]}
         if train:
             metrics["train"] = {key: train[i]}
-        epochs.append({"epoch": i + 1, "train_loss": 1.0 / (i + 1), "epoch_time_sec": 1.0, "metrics": metrics})
-    best = max(range(len(dev)), key=lambda i: dev[i])
-    bias_terms = bias_terms or (["all"] if ft == "bitfit" else [])
-    results = {"status": status, "failure_reason": None if status == "complete" else "boom", "task": task,
-               "model_name": model, "fine_tune_type": ft, "bias_terms": bias_terms, "learning_rate": lr,
-               "seed": seed, "train_size": train_size, "num_train_examples": train_size or 1000,
-               "headline_metric": key, "eval_splits": splits, "trainable_params": 10, "total_params": 100,
-               "trainable_share": share, "paper_param_share": 100.0 if ft == "full_ft" else share,
-               "epochs": epochs, "best_epoch": best + 1, "last_epoch": len(dev),
-               "best": {s: epochs[best]["metrics"][s] for s in splits},
-               "last": {s: epochs[-1]["metrics"][s] for s in splits}}
+        record.add_epoch(EpochRecord(epoch=i + 1, train_loss=1.0 / (i + 1), epoch_time_sec=1.0, eval_time_sec=0.1,
+                                     metrics=metrics))
     config = {"args": {"task_name": task, "model_name": model, "fine_tune_type": ft, "bias_terms": bias_terms,
                        "learning_rate": lr, "seed": seed, "epochs": len(dev), "batch_size": 16,
                        "train_size": train_size}, "versions": {}, "device": "cpu"}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
-    with open(os.path.join(path, "results.json"), "w") as f:
-        json.dump(results, f)
+    record.save(os.path.join(path, "results.json"))
     if bias_changes is not None:
         with open(os.path.join(path, "bias_changes.json"), "w") as f:
             json.dump(bias_changes, f)
@@ -152,7 +148,7 @@ def test_markdown_and_latex_outputs(runs, tmp_path, capsys):
     assert full_cells[12].startswith("77.5 / 77.") and full_cells[12].endswith("[2 tasks]")
     prow = tables.load_paper(3)[("bert-base-cased", "Full-FT")]
     assert tables.paper_average(prow, ["mnli", "rte"]) == pytest.approx(77.05)
-    assert tables.paper_average(prow, tables.TASKS) == 82.3  # all 8 tasks: the printed Avg.
+    assert tables.paper_average(prow, tables.PAPER_TASKS) == 82.3  # all 8 tasks: the printed Avg.
     assert "0.001 (2)" in md and "Ignored runs (3)" in md and "failed (boom)" in md
     tex = open(os.path.join(out, "table.tex")).read()
     assert r"\begin{tabular}" in tex and r"70.0$\pm$2.8 / 72.3 (-2.3)" in tex and "b\\_m2, b\\_q" in tex

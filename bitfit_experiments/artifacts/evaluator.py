@@ -18,7 +18,7 @@ import torch
 
 from ..core import data, metrics
 from ..core.batching import encode
-from ..core.errors import UsageError
+from ..core.errors import UsageError, first_line
 from .io import atomic_directory, atomic_write_json
 from ..core.trainer import predict_logits
 
@@ -93,7 +93,7 @@ class GLUEEvaluator:
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except Exception as e:
             raise UsageError(f"could not load the evaluator in {directory} ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); the folder is "
+                             f"{first_line(e)}); the folder is "
                              f"damaged or incomplete -- re-run the training with --save-evaluator") from None
         model.to(device)
         return cls(model, tokenizer, meta["task"], meta.get("config"), meta.get("history"), meta.get("max_seq_length", 128))

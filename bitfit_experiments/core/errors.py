@@ -13,6 +13,12 @@ class UsageError(Exception):
     """A problem with the user's input. The message is one line: what is wrong, and how to fix it."""
 
 
+def first_line(e, limit=160):
+    """The first line of an exception's message (cut to `limit`): what a one-line error quotes of a library's."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 def exit_on_usage_error(main):
     """Decorator for CLI entry points: UsageError -> one line on stderr, exit code 2."""
     def wrapper(*args, **kwargs):

@@ -108,19 +108,22 @@ def _base_outputs(model, enc, indices_batches, *, device, pad_token_id, precisio
     return fields, output_cls
 
 
+CHECK_EXAMPLES = 4  # examples that go through both paths before caching (see cache_features)
+
+
 def cache_features(model, enc, *, batch_size, device, pad_token_id, precision="fp32", progress=True,
-                   desc="features", check_examples=4):
+                   desc="features"):
     """Run the frozen base model once over a tokenized split (eval mode) and return its `Features`.
 
-    Before the pass, the first `check_examples` examples go through the cached path and through the full model (both
+    Before the pass, the first CHECK_EXAMPLES examples go through the cached path and through the full model (both
     fp32, eval mode); if the logits differ, the head reads more than what is cached and a ValueError says so.
     """
     check_frozen_base(model)
     was_training = model.training
     model.eval()
     try:
-        if check_examples and len(enc):
-            _check_head_reads_cached(model, enc, min(check_examples, len(enc)), device, pad_token_id)
+        if len(enc):
+            _check_head_reads_cached(model, enc, min(CHECK_EXAMPLES, len(enc)), device, pad_token_id)
         order = batch_order(enc.lengths, batch_size, shuffle=False, group_by_length=True)
         fields, output_cls = _base_outputs(model, enc, order, device=device, pad_token_id=pad_token_id,
                                            precision=precision, progress=progress, desc=desc)

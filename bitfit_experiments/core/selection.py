@@ -62,7 +62,7 @@ class Selection:
 
 # ---------------------------------------------------------------------------------------------- model structure
 
-def _base_prefix(model):
+def base_prefix(model):
     """Name prefix of model.base_model's parameters ('' if the model is a bare encoder)."""
     base = getattr(model, "base_model", model)
     for name, module in model.named_modules():
@@ -73,7 +73,7 @@ def _base_prefix(model):
 
 def split_base_head(model):
     """(base-model parameter names, head parameter names), each in model order."""
-    prefix = _base_prefix(model)
+    prefix = base_prefix(model)
     base, head = [], []
     for name, _ in model.named_parameters():
         (base if name.startswith(prefix) else head).append(name)

@@ -32,7 +32,7 @@ def _avg_pair(rows, model, a, b):
     if (model, a) not in rows or (model, b) not in rows:
         return None
     va, vb = tables.column_values(rows[(model, a)]), tables.column_values(rows[(model, b)])
-    tasks = [t for t in tables.TASKS if t in rows[(model, a)] and t in rows[(model, b)]]
+    tasks = [t for t in tables.PAPER_TASKS if t in rows[(model, a)] and t in rows[(model, b)]]
     if not tasks:
         return None
     return tables.task_average(va, tasks)[0], tables.task_average(vb, tasks)[0], tasks
@@ -96,7 +96,7 @@ def majority_baselines(tasks, data_dir):
 def baseline_report(rows, data_dir):
     """Lines: per task, the majority baseline and each method's mean (marked when within 1 point of it)."""
     columns = [c for c in tables.COLUMNS if any(c in tables.column_values(r) for r in rows.values())]
-    tasks = sorted({"mnli" if c.startswith("mnli") else c for c in columns}, key=tables.TASKS.index)
+    tasks = sorted({"mnli" if c.startswith("mnli") else c for c in columns}, key=tables.PAPER_TASKS.index)
     base = majority_baselines(tasks, data_dir)
     lines = ["Context: majority-class baseline on dev (always the most frequent training label; "
              "(at baseline) marks a method within 1 point of it: it has not left the baseline)"]

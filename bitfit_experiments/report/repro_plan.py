@@ -46,8 +46,8 @@ def extended_grid(grid):
     return [float(fmt_lr(low))] + grid + [float(fmt_lr(high))]
 
 
-def run_dir(runs_dir, method, task, size, lr, seed, tag="minilm"):
-    return os.path.join(runs_dir, tag, method, f"{task}-n{size}", f"lr{fmt_lr(lr)}", f"seed{seed}")
+def run_dir(runs_dir, method, task, size, lr, seed):
+    return os.path.join(runs_dir, "minilm", method, f"{task}-n{size}", f"lr{fmt_lr(lr)}", f"seed{seed}")
 
 
 def score(path, task):

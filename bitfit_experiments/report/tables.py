@@ -30,7 +30,7 @@ from ..artifacts.record import find_runs
 from ..core.config import PAPER_NOTATION
 from ..core.errors import UsageError, exit_on_usage_error
 
-TASKS = ["qnli", "sst2", "mnli", "cola", "mrpc", "stsb", "rte", "qqp"]  # the paper's column order; WNLI excluded
+PAPER_TASKS = ["qnli", "sst2", "mnli", "cola", "mrpc", "stsb", "rte", "qqp"]  # the paper's column order; WNLI excluded
 COLUMNS = ["qnli", "sst2", "mnli_m", "mnli_mm", "cola", "mrpc", "stsb", "rte", "qqp"]
 COLUMN_TITLES = {"qnli": "QNLI", "sst2": "SST-2", "mnli_m": "MNLIm", "mnli_mm": "MNLImm", "cola": "CoLA",
                  "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "qqp": "QQP"}
@@ -184,7 +184,7 @@ def column_values(row):
 def task_average(values, tasks=None):
     """The paper's Avg.: mean over tasks, MNLI = (m + mm) / 2. -> (average or None, tasks used)."""
     per_task = {}
-    for task in tasks or TASKS:
+    for task in tasks or PAPER_TASKS:
         if task == "mnli":
             if "mnli_m" in values and "mnli_mm" in values:
                 per_task[task] = (values["mnli_m"] + values["mnli_mm"]) / 2
@@ -192,15 +192,15 @@ def task_average(values, tasks=None):
             per_task[task] = values[task]
     if not per_task:
         return None, []
-    return statistics.fmean(per_task.values()), [t for t in TASKS if t in per_task]
+    return statistics.fmean(per_task.values()), [t for t in PAPER_TASKS if t in per_task]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the paper's numbers
 
-def load_paper(table, paper_dir=PAPER_DIR):
+def load_paper(table):
     """{(model, method): {"param_share": float, "mean": {column: x}, "std": {column: x}}} of the authors' dev rows."""
-    path = os.path.join(paper_dir, f"table{table}.csv")
+    path = os.path.join(PAPER_DIR, f"table{table}.csv")
     if not os.path.exists(path):
         raise UsageError(f"paper table file {path} is missing; restore results/paper/ from the repository")
     rows = {}
@@ -241,7 +241,7 @@ def paper_average(prow, tasks):
     """The printed Avg. when we cover all 8 tasks; otherwise the paper's own numbers averaged over our tasks."""
     if prow is None or not tasks:
         return None
-    if set(tasks) == set(TASKS):
+    if set(tasks) == set(PAPER_TASKS):
         return prow["mean"].get("avg")
     return task_average(prow["mean"], tasks)[0]
 
@@ -314,17 +314,17 @@ def render_markdown(rows, cells, paper, table, ignored, selection):
         texts = [f"{param[1] or 'missing'}" + (f" / {param[2]}" if param[2] else "")]
         for col, ours, std, n, p in d["cells"][1:]:
             texts.append(_fmt_value(ours, std, n, p))
-        if d["tasks"] and len(d["tasks"]) < len(TASKS):
+        if d["tasks"] and len(d["tasks"]) < len(PAPER_TASKS):
             texts[-1] += f" [{len(d['tasks'])} tasks]"
         lines.append("| " + " | ".join([d["model"], d["method"]] + texts) + " |")
         if d["reference"] != d["model"]:
             notes.append(f"{d['model']} / {d['method']}: the paper has no {d['model']}; its {d['reference']} row is shown.")
     lines += ["", "## Selected learning rate (seeds) per cell", ""]
-    tasks_header = ["Model", "Method"] + [COLUMN_TITLES.get(t, t.upper()) if t != "mnli" else "MNLI" for t in TASKS]
+    tasks_header = ["Model", "Method"] + [COLUMN_TITLES.get(t, t.upper()) if t != "mnli" else "MNLI" for t in PAPER_TASKS]
     lines += ["| " + " | ".join(tasks_header) + " |", "|" + "---|" * len(tasks_header)]
     for (model, method), row in rows.items():
         texts = []
-        for task in TASKS:
+        for task in PAPER_TASKS:
             c = row.get(task)
             texts.append(f"{c['lr']:g} ({c['n']})" if c else "missing")
         lines.append("| " + " | ".join([model, method] + texts) + " |")
@@ -332,7 +332,7 @@ def render_markdown(rows, cells, paper, table, ignored, selection):
         for task, c in row.items():
             if c["train_size"] is not None:
                 notes.append(f"{model} / {method} / {task}: trained on a subset of {c['train_size']} examples.")
-            if task not in TASKS:
+            if task not in PAPER_TASKS:
                 notes.append(f"{model} / {method} / {task}: not a paper column (WNLI is excluded by the paper).")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)]
