@@ -187,15 +187,21 @@ def test_output_dir_not_writable_chmod(capsys, base, tmp_path):
 
 
 def test_output_dir_not_writable_reported(capsys, base, tmp_path, monkeypatch):
-    """An existing empty directory we may not write to (simulated, so it runs as root too)."""
+    """An existing empty directory we may not write to (simulated, so it runs as root too: writability is tested by
+    creating a file there, which is what fails)."""
+    import tempfile
     _, argv = base
     target = tmp_path / "locked"
     target.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.path.abspath(p) == str(target)
-                        else real_access(p, mode, **kw))
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir) == str(target):
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     expect_error(capsys, _replace(argv, "-o", target), "--output-path", str(target), "not writable",
-                 untouched=[target])
+                 "Permission denied", untouched=[target])
 
 
 # ---------------------------------------------------------------------------------------- device and model path
@@ -648,3 +654,323 @@ def test_pack_predict_output_cannot_be_written(capsys, pack_setup, pack_copy, tm
     blocker.write_text("keep me\n")
     expect_predict_error(capsys, ["--base", pack_setup[0], "--pack", pack_copy, "--sentences", "the cat ||| a dog",
                                   "--output", blocker / "preds.tsv"], "--output", untouched=[blocker, pack_copy])
+
+
+# ======================================================================================= issue 14: hardening
+# Every example of the issue, and variants: one line `error: ...`, exit code 2, nothing the user owns changed.
+
+# ------------------------------------------------------------------- output paths that cannot be written (item 5)
+
+@pytest.mark.parametrize("root", ["/proc", "/sys"])
+def test_output_under_proc_or_sys(capsys, base, root):
+    """os.access() says yes to root there; creating a file says no, and that is what is checked."""
+    if not os.path.isdir(root):
+        pytest.skip(f"no {root} on this system")
+    _, argv = base
+    target = os.path.join(root, "bitfit-run", "out")
+    expect_error(capsys, _replace(argv, "-o", target), "--output-path", target, "not writable")
+    assert not os.path.exists(os.path.join(root, "bitfit-run"))
+
+
+def test_output_path_is_a_dangling_symlink(capsys, base, tmp_path):
+    _, argv = base
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone" / "run")
+    expect_error(capsys, _replace(argv, "-o", link), "--output-path", str(link), "dangling symbolic link")
+    assert os.path.islink(link) and os.listdir(tmp_path) == ["run"]  # the link is left as it was; nothing created
+
+
+def test_output_path_under_a_dangling_symlink(capsys, base, tmp_path):
+    _, argv = base
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "gone")
+    expect_error(capsys, _replace(argv, "-o", link / "rte"), "--output-path", str(link), "dangling")
+    assert os.path.islink(link) and os.listdir(tmp_path) == ["runs"]
+
+
+# ------------------------------------------------------------------------- GLUE files (items 5, 8 and 9)
+
+@pytest.mark.parametrize("label", ["²", "--1", "٣", "1_0"])
+def test_label_that_int_would_half_accept(capsys, base, rte, label):
+    """'²'.isdigit() is True and int('²') raises: once a traceback, now a line naming the file, line and label.
+    WNLI writes its labels as 0/1, so the tiny RTE rows are turned into a WNLI folder."""
+    root, folder = rte
+    wnli = os.path.join(root, "WNLI")
+    os.rename(folder, wnli)
+    for split in ("train", "dev"):
+        _rewrite(os.path.join(wnli, f"{split}.tsv"), lambda ls: [l.replace("\tnot_entailment", "\t0")
+                                                                 .replace("\tentailment", "\t1") for l in ls])
+    path = os.path.join(wnli, "train.tsv")
+    _rewrite(path, lambda ls: ls[:4] + [ls[4].rsplit("\t", 1)[0] + "\t" + label] + ls[5:])
+    out, argv = base
+    expect_error(capsys, _replace(_replace(argv, "--data-dir", root), "-t", "wnli"), path, "line 5", repr(label),
+                 untouched=[out, root])
+
+
+def test_tsv_field_longer_than_csvs_limit(capsys, base, rte):
+    import csv
+    _rewrite(os.path.join(rte[1], "dev.tsv"),
+             lambda ls: ls[:2] + ["2\t" + "x" * (csv.field_size_limit() + 10) + "\tB .\tentailment"] + ls[3:])
+    _data_case(capsys, base, rte, "dev.tsv", "line 3", "field limit")
+
+
+def test_unreadable_train_file_as_root_too(capsys, base, rte, monkeypatch):
+    """Root reads a chmod 000 file anyway, so permission denied is simulated where the file is opened."""
+    path = os.path.join(rte[1], "train.tsv")
+    real_open = open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(data, "open", guarded, raising=False)  # the reader's open(), not the test's
+    _data_case(capsys, base, rte, path, "Permission denied")
+
+
+def test_a_directory_where_the_dev_file_belongs(capsys, base, rte):
+    path = os.path.join(rte[1], "dev.tsv")
+    os.unlink(path)
+    os.mkdir(path)
+    _data_case(capsys, base, rte, path, "is a directory")
+
+
+def test_bad_label_after_blank_lines_names_the_real_line(capsys, base, rte):
+    _rewrite(os.path.join(rte[1], "train.tsv"),
+             lambda ls: ls[:1] + ["", ""] + ls[1:3] + ["", ls[3].rsplit("\t", 1)[0] + "\tmaybe"] + ls[4:])
+    _data_case(capsys, base, rte, "train.tsv", "line 7:", "'maybe'")
+
+
+def test_bad_byte_is_reported_at_its_file_offset(capsys, base, rte):
+    path = os.path.join(rte[1], "train.tsv")
+    with open(path, "ab") as f:
+        f.write(b"".join(b"%d\ta man is playing .\tsomeone plays .\tentailment\n" % i for i in range(100, 400)))
+        size = f.tell()
+        f.write(b"400\tCaf\xe9 .\ta drink .\tentailment\n")
+    lines = open(path, "rb").read().count(b"\n")
+    _data_case(capsys, base, rte, "train.tsv", f"byte {size + 7}", f"line {lines}")
+
+
+# ------------------------------------------------------------------------------- model folders (item 4)
+
+def _model_copy(tmp_path, tiny_model_dir, edit_config=None, drop=()):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for name in drop:
+        os.unlink(model / name)
+    if edit_config:
+        config = json.loads((model / "config.json").read_text())
+        edit_config(config)
+        (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def test_model_folder_without_tokenizer_files(capsys, base, tmp_path, tiny_model_dir):
+    """Once: a stub tokenizer of 5 special tokens, every word [UNK], and a run that trained on nothing."""
+    out, argv = base
+    model = _model_copy(tmp_path, tiny_model_dir, drop=("tokenizer.json", "tokenizer_config.json"))
+    expect_error(capsys, _replace(argv, "-m", model), "--model-name", str(model), "no tokenizer files", "[UNK]",
+                 untouched=[out, model])
+
+
+def test_model_folder_whose_tokenizer_knows_only_special_tokens(capsys, base, tmp_path, tiny_model_dir):
+    from transformers import BertTokenizer
+    out, argv = base
+    model = _model_copy(tmp_path, tiny_model_dir, drop=("tokenizer.json", "tokenizer_config.json"))
+    BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}).save_pretrained(model)
+    expect_error(capsys, _replace(argv, "-m", model), "--model-name", "only special tokens", untouched=[out, model])
+
+
+def test_tokenizer_larger_than_the_models_embeddings(capsys, base, tmp_path, tiny_model_dir):
+    from transformers import BertTokenizer
+    out, argv = base
+    model = _model_copy(tmp_path, tiny_model_dir, drop=("tokenizer.json", "tokenizer_config.json"))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"word{i}" for i in range(100)]
+    BertTokenizer(vocab={t: i for i, t in enumerate(words)}).save_pretrained(model)
+    expect_error(capsys, _replace(argv, "-m", model), "--model-name", "vocab_size", untouched=[out, model])
+
+
+MISMATCHED_CONFIGS = [  # (id, edit of config.json, words of the message)
+    ("more_layers_than_stored", lambda c: c.update(num_hidden_layers=4), ["not in the checkpoint", "layer.2"]),
+    ("fewer_layers_than_stored", lambda c: c.update(num_hidden_layers=1), ["unused", "layer.1"]),
+    ("another_model_type", lambda c: c.update(model_type="distilbert"), ["model_type 'distilbert'", "BertModel"]),
+    ("model_type_only_edited", lambda c: c.update(model_type="roberta"), ["model_type 'roberta'", "BertModel"]),
+]
+
+
+@pytest.mark.parametrize("edit,words", [c[1:] for c in MISMATCHED_CONFIGS], ids=[c[0] for c in MISMATCHED_CONFIGS])
+def test_config_that_does_not_match_its_weights(capsys, base, tmp_path, tiny_model_dir, edit, words):
+    """Once: the missing tensors were drawn at random and trained, silently."""
+    out, argv = base
+    model = _model_copy(tmp_path, tiny_model_dir, edit_config=edit)
+    expect_error(capsys, _replace(argv, "-m", model), "--model-name", "does not match the weights",
+                 "--allow-weight-mismatch", *words, untouched=[out, model])
+
+
+def test_weight_mismatch_loads_when_allowed_and_expected_differences_never_complain(tmp_path, tiny_model_dir):
+    """The opt-in loads (the missing tensors become newly initialised, so a task pack carries them); a checkpoint
+    with a pretraining head, or without a pooler, is normal and loads without it."""
+    from transformers import BertConfig, BertForPreTraining, BertModel
+    from bitfit_experiments.core.model import load_model
+    rte = data.get_task("rte")
+    model = _model_copy(tmp_path, tiny_model_dir, edit_config=lambda c: c.update(num_hidden_layers=3))
+    with pytest.raises(UsageError, match="does not match the weights"):
+        load_model(str(model), rte)
+    loaded = load_model(str(model), rte, allow_weight_mismatch=True)
+    assert "bert.encoder.layer.2.attention.self.query.bias" in loaded.newly_initialized
+    config = BertConfig.from_pretrained(tiny_model_dir)
+    for name, module in [("pretraining", BertForPreTraining(config)), ("no_pooler", BertModel(config, add_pooling_layer=False))]:
+        module.save_pretrained(tmp_path / name)
+        load_model(str(tmp_path / name), rte)  # no error
+
+
+# ----------------------------------------------------------------- predict --export / --output (items 1 and 7)
+
+def _export_case(capsys, pack_setup, pack_copy, target, *names, untouched=()):
+    return expect_predict_error(capsys, ["--base", pack_setup[0], "--pack", pack_copy, "--export", target],
+                                "--export", *names, untouched=[pack_copy, *untouched])
+
+
+def test_export_into_a_non_empty_directory_deletes_nothing(capsys, pack_setup, pack_copy, tmp_path):
+    target = tmp_path / "mine"
+    (target / "sub").mkdir(parents=True)
+    (target / "thesis.tex").write_text("two years of work\n")
+    (target / "sub" / "data.bin").write_bytes(os.urandom(2048))
+    _export_case(capsys, pack_setup, pack_copy, target, str(target), "not empty", untouched=[target])
+
+
+def test_export_dot_deletes_nothing_in_the_current_directory(capsys, pack_setup, pack_copy, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("keep\n")
+    monkeypatch.chdir(cwd)
+    _export_case(capsys, pack_setup, pack_copy, ".", "not empty", untouched=[tmp_path])
+
+
+def test_export_into_a_run_directory_deletes_nothing(capsys, pack_setup, pack_copy, run_copy):
+    _export_case(capsys, pack_setup, pack_copy, run_copy, run_copy, untouched=[run_copy])
+
+
+def test_export_onto_a_file(capsys, pack_setup, pack_copy, tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"keep")
+    _export_case(capsys, pack_setup, pack_copy, target, "is a file", untouched=[target])
+
+
+def test_export_into_an_empty_directory_keeps_it(capsys, pack_setup, pack_copy, tmp_path):
+    """The one directory that may be given: empty. It is filled, not replaced (same inode), and nothing else
+    appears beside it."""
+    from bitfit_experiments import predict
+    target = tmp_path / "export"
+    target.mkdir()
+    inode = os.stat(target).st_ino
+    predict.main(["--base", pack_setup[0], "--pack", pack_copy, "--export", str(target)])
+    assert os.stat(target).st_ino == inode
+    assert {"model.safetensors", "config.json", "evaluator.json"} <= set(os.listdir(target))
+    assert sorted(os.listdir(tmp_path)) == ["export", "pack"]
+
+
+def test_process_export_dot(pack_setup, pack_copy, tmp_path):
+    """The issue's example end to end: `python -m bitfit_experiments.predict --export .` in a folder of files."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "results.json").write_text('{"status": "complete"}\n')
+    before = snapshot(cwd)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "bitfit_experiments.predict", "--base", pack_setup[0], "--pack",
+                           pack_copy, "--export", "."], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert_one_line_error(proc.returncode, proc.stderr, "--export", "not empty")
+    assert snapshot(cwd) == before
+
+
+def test_output_that_is_the_input_file(capsys, pack_setup, pack_copy, tmp_path):
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("index\tsentence1\tsentence2\tlabel\n0\tthe cat\ta dog\tentailment\n")
+    expect_predict_error(capsys, ["--base", pack_setup[0], "--pack", pack_copy, "--input", tsv, "--output", tsv],
+                         "--output", "--input", untouched=[tsv, pack_copy])
+
+
+def test_output_inside_the_pack_folder(capsys, pack_setup, pack_copy):
+    target = os.path.join(pack_copy, "manifest.json")
+    expect_predict_error(capsys, ["--base", pack_setup[0], "--pack", pack_copy, "--sentences", "the cat ||| a dog",
+                                  "--output", target], "--output", "--pack", untouched=[pack_copy])
+
+
+def _edit_manifest(pack, edit):
+    path = os.path.join(pack, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+EDITED_MANIFESTS = [  # (id, edit, words of the message)
+    ("wrong_max_seq_length", lambda m: m.update(max_seq_length=4096), ["max_seq_length 4096", "128 positions"]),
+    ("max_seq_length_text", lambda m: m.update(max_seq_length="long"), ["max_seq_length 'long'"]),
+    ("unknown_task", lambda m: m.update(task="rte2"), ["task 'rte2'"]),
+    ("task_of_three_labels", lambda m: m.update(task="mnli"), ["num_labels 2", "mnli"]),
+    ("num_labels", lambda m: m.update(num_labels=5), ["num_labels 5"]),
+    ("label_names_swapped", lambda m: m.update(label_names=["not_entailment", "entailment"]), ["label_names"]),
+    ("fixup_entries", lambda m: m["tensors"][next(n for n, e in m["tensors"].items() if e["kind"] == "delta")]
+     .update(fixups=3), ["does not match its manifest"]),
+    ("tensor_shape", lambda m: m["tensors"]["classifier.bias"].update(shape=[5]), ["classifier.bias", "[5]"]),
+]
+
+
+@pytest.mark.parametrize("edit,words", [c[1:] for c in EDITED_MANIFESTS], ids=[c[0] for c in EDITED_MANIFESTS])
+def test_edited_pack_manifest(capsys, pack_setup, pack_copy, tmp_path, edit, words):
+    _edit_manifest(pack_copy, edit)
+    out = tmp_path / "preds.tsv"
+    expect_predict_error(capsys, ["--base", pack_setup[0], "--pack", pack_copy, "--sentences", "the cat ||| a dog",
+                                  "--output", out], *words, untouched=[pack_copy, out])
+
+
+# ------------------------------------------------------------------ tables / claims / figures --out (item 5)
+
+def _report_main(name):
+    import importlib
+    from bitfit_experiments.core.errors import exit_on_usage_error
+    return exit_on_usage_error(importlib.import_module(f"bitfit_experiments.report.{name}").main)
+
+
+@pytest.mark.parametrize("tool,kind", [("tables", "file"), ("figures", "file"), ("tables", "under_file"),
+                                       ("figures", "under_file"), ("claims", "directory"), ("claims", "under_file")])
+def test_report_out_that_cannot_be_written(capsys, tmp_path, tool, kind):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me\n")
+    target = {"file": blocker, "under_file": blocker / "sub" / "out", "directory": runs}[kind]
+    expect_error(capsys, [runs, "--out", target], "--out", untouched=[blocker, runs], main=_report_main(tool))
+
+
+def test_process_tables_out_is_a_file(tmp_path):
+    """Through `python -m bitfit_experiments.tables`, whose entry point turns the error into one line."""
+    blocker = tmp_path / "table.md"
+    blocker.write_text("keep me\n")
+    proc = subprocess.run([sys.executable, "-m", "bitfit_experiments.tables", str(tmp_path), "--out", str(blocker)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert_one_line_error(proc.returncode, proc.stderr, "--out", str(blocker))
+    assert blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "pack.safetensors"])
+def test_unreadable_pack_files(capsys, pack_setup, pack_copy, monkeypatch, name):
+    """A directory where the file belongs, and permission denied (simulated where the pack is read: root reads
+    chmod 000 files anyway)."""
+    from bitfit_experiments.artifacts import packs
+    path = os.path.join(pack_copy, name)
+    argv = ["--base", pack_setup[0], "--pack", pack_copy, "--sentences", "the cat ||| a dog"]
+    real_open = open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(file, *args, **kwargs)
+    monkeypatch.setattr(packs, "open", guarded, raising=False)
+    expect_predict_error(capsys, argv, path, "Permission denied", untouched=[pack_copy])
+    monkeypatch.undo()
+    os.replace(path, path + ".moved")
+    os.mkdir(path)
+    expect_predict_error(capsys, argv, path, "cannot read")

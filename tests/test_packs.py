@@ -375,3 +375,186 @@ def test_inference_benchmark_runs_and_models_share_the_architecture(tmp_path, ba
     plain = load_model(base, get_task("rte"))
     plain.bert.encoder.layer[0].attention.self.query = torch.nn.Sequential(plain.bert.encoder.layer[0].attention.self.query)
     assert bench_inference.structure(plain) != bench_inference.structure(load_model(base, get_task("rte")))
+
+
+# ------------------------------------------------------------------------------------------------ edited manifests
+# issue 14, item 7: the manifest is plain JSON (pack.safetensors is covered by its sha256, the manifest is not), so
+# each field that decides what is applied or how predictions are named is checked, with a one-line error.
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, base):
+    """A bitfit pack (delta tensors with exactness fix-ups) and a rand_row_col pack (sparse tensors)."""
+    root = tmp_path_factory.mktemp("to_edit")
+    dirs = {ftype: write(root, base, task, ftype, steps=3)[2] for task, ftype in [("rte", "bitfit"),
+                                                                                 ("cola", "rand_row_col")]}
+    assert read_manifest(dirs["bitfit"])["fixups"] >= 2  # non-zero base biases: the fix-up cases have something
+    return dirs
+
+
+def read_manifest(pack_dir):
+    return json.loads((pack_dir / "manifest.json").read_text())
+
+
+def edited_copy(tmp_path, pack_dir, edit):
+    import shutil
+    copy = tmp_path / "edited_pack"
+    shutil.copytree(pack_dir, copy)
+    m = read_manifest(copy)
+    edit(m)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return copy
+
+
+def _delta_entries(m):
+    return [n for n, e in m["tensors"].items() if e["kind"] == "delta"]
+
+
+def _with_fixups(m):
+    return next(n for n, e in m["tensors"].items() if e.get("fixups"))
+
+
+def _move_a_fixup(m):
+    """Hand one fix-up of a tensor to its neighbour in manifest order: the total stays right, the owner does not."""
+    names = _delta_entries(m)
+    src = _with_fixups(m)
+    dst = names[names.index(src) + 1] if names.index(src) + 1 < len(names) else names[names.index(src) - 1]
+    m["tensors"][src]["fixups"] -= 1
+    m["tensors"][dst]["fixups"] = m["tensors"][dst].get("fixups", 0) + 1
+
+
+def _set(key, value):
+    return lambda m: m.__setitem__(key, value)
+
+
+def _entry(pick, key, value):
+    return lambda m: m["tensors"][pick(m)].__setitem__(key, value)
+
+
+READ_EDITS = [  # (id, pack, edit, the one-line message read_pack gives)
+    ("unknown_task", "bitfit", _set("task", "rtee"), r"task 'rtee' is not a GLUE task"),
+    ("task_with_three_labels", "bitfit", _set("task", "mnli"), r"num_labels 2 does not fit task mnli, which has 3"),
+    ("task_with_other_label_names", "bitfit", _set("task", "sst2"),
+     r"label_names \['entailment', 'not_entailment'\] are not the labels of sst2"),
+    ("num_labels", "bitfit", _set("num_labels", 3), r"num_labels 3 does not fit task rte"),
+    ("num_labels_as_text", "bitfit", _set("num_labels", "2"), r"num_labels '2' does not fit"),
+    ("label_names_swapped", "bitfit", _set("label_names", ["not_entailment", "entailment"]),
+     r"are not the labels of rte .*predictions would be named wrongly"),
+    ("label_names_renamed", "bitfit", _set("label_names", ["yes", "no"]), r"label_names \['yes', 'no'\]"),
+    ("label_names_short", "bitfit", _set("label_names", ["entailment"]), r"label_names \['entailment'\]"),
+    ("regression_problem_type", "bitfit", _set("problem_type", "regression"),
+     r"problem_type 'regression' does not fit task rte"),
+    ("max_seq_length_zero", "bitfit", _set("max_seq_length", 0), r"max_seq_length 0 is not a whole number >= 8"),
+    ("max_seq_length_text", "bitfit", _set("max_seq_length", "128"), r"max_seq_length '128'"),
+    ("max_seq_length_bool", "bitfit", _set("max_seq_length", True), r"max_seq_length True"),
+    ("max_seq_length_fraction", "bitfit", _set("max_seq_length", 64.5), r"max_seq_length 64\.5"),
+    ("base_hash_not_a_hash", "bitfit", _set("base_hash", 7), r"base_hash 7 is not a sha256 hash"),
+    ("hash_excludes_not_a_list", "bitfit", _set("hash_excludes", "bert.pooler"), r"hash_excludes 'bert.pooler'"),
+    ("no_pack_sha256", "bitfit", lambda m: m.pop("pack_sha256"), r"lacks pack_sha256"),
+    ("tensors_not_a_table", "bitfit", _set("tensors", []), r"'tensors' is not a table"),
+    ("entry_not_an_object", "bitfit", _entry(lambda m: next(iter(m["tensors"])), "kind", "weird"),
+     r"unknown kind 'weird'"),
+    ("shape_not_a_list", "bitfit", _entry(lambda m: _delta_entries(m)[0], "shape", "32"), r"shape '32' is not a list"),
+    ("delta_shape", "bitfit", _entry(lambda m: _delta_entries(m)[0], "shape", [16]),
+     r"the manifest says shape \[16\], the file holds \[32\]"),
+    ("head_shape", "bitfit", _entry(lambda m: "classifier.weight", "shape", [3, 32]),
+     r"tensor classifier\.weight: the manifest says shape \[3, 32\], the file holds \[2, 32\]"),
+    ("negative_fixups", "bitfit", _entry(_with_fixups, "fixups", -1), r"fixups -1 is not a count"),
+    ("fixups_as_text", "bitfit", _entry(_with_fixups, "fixups", "1"), r"fixups '1' is not a count"),
+    ("one_fixup_more", "bitfit", lambda m: m["tensors"][_with_fixups(m)].__setitem__(
+        "fixups", m["tensors"][_with_fixups(m)]["fixups"] + 1), r"the fix-ups hold \d+ indices .* manifest counts"),
+    ("kind_changed", "bitfit", _entry(lambda m: _delta_entries(m)[0], "kind", "full"), r"does not match its manifest"),
+    ("sparse_shape_shrunk", "rand_row_col",
+     _entry(lambda m: next(n for n, e in m["tensors"].items() if e["kind"] == "sparse"), "shape", [1]),
+     r"sparse indices reach outside its 1 entries"),
+]
+
+
+@pytest.mark.parametrize("pack,edit,message", [c[1:] for c in READ_EDITS], ids=[c[0] for c in READ_EDITS])
+def test_edited_manifests_are_refused_when_read(tmp_path, packed, pack, edit, message):
+    copy = edited_copy(tmp_path, packed[pack], edit)
+    with pytest.raises(UsageError, match=message) as info:
+        packs.read_pack(copy)
+    assert "\n" not in str(info.value) and "manifest" in str(info.value)
+
+
+def test_fixups_handed_to_another_tensor_are_refused_when_applied(tmp_path, base, packed):
+    """The total still matches the file, so only the base can tell: each fix-up lies within ulps of b_0 + delta."""
+    copy = edited_copy(tmp_path, packed["bitfit"], _move_a_fixup)
+    packs.read_pack(copy)  # consistent on its own
+    model = load_model(base, get_task("rte"))
+    before = state(model)
+    with pytest.raises(UsageError, match=r"fix-ups the manifest assigns to .* do not belong to it"):
+        packs.apply_pack(model, copy)
+    assert_same_bits(state(model), before)  # refused before anything was changed
+    packs.apply_pack(model, packed["bitfit"])  # the unedited pack passes the same check
+
+
+def test_max_seq_length_beyond_the_bases_positions_is_refused_when_loaded(tmp_path, base, packed):
+    copy = edited_copy(tmp_path, packed["bitfit"], _set("max_seq_length", 100_000))
+    with pytest.raises(UsageError, match=r"max_seq_length 100000 exceeds the 64 positions of base"):
+        packs.load(base, copy)
+    assert packs.load(base, packed["bitfit"]).max_seq_length == 64  # written as the base allows (128 > 64)
+
+
+def test_a_pack_without_its_head_is_refused(base, packed):
+    """A manifest and tensors that agree, but no head: the fresh random head would predict. Refused, unchanged."""
+    pack = packs.read_pack(packed["bitfit"])
+    head = {"classifier.weight", "classifier.bias"}
+    headless = packs.Pack(pack.directory, {**pack.manifest, "tensors": {n: e for n, e in pack.manifest["tensors"].items()
+                                                                        if n not in head}},
+                          {k: v for k, v in pack.tensors.items() if k.split("/", 1)[-1] not in head})
+    model = load_model(base, get_task("rte"))
+    before = state(model)
+    with pytest.raises(UsageError, match=r"lacks the task head \(classifier\.weight\)"):
+        packs.apply_pack(model, headless)
+    assert_same_bits(state(model), before)
+
+
+def test_an_edited_base_tensor_shape_is_refused_before_anything_changes(base, packed):
+    pack = packs.read_pack(packed["bitfit"])
+    name = _delta_entries(pack.manifest)[0]
+    model = load_model(base, get_task("rte"))
+    with torch.no_grad():  # a base whose tensor has another shape (the manifest and tensors still agree)
+        module, attr = packs._owner(model, name)
+        setattr(module, attr, torch.nn.Parameter(torch.zeros(7)))
+    before = state(model)
+    with pytest.raises(UsageError, match=rf"its {name} has shape \[32\], the base's \[7\]"):
+        packs.apply_pack(model, pack, model_hash=pack.manifest["base_hash"])
+    assert_same_bits(state(model), before)
+
+
+def test_export_never_replaces_what_is_there(tmp_path, base, packed):
+    ev = packs.load(base, packed["bitfit"])
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me\n")
+    with pytest.raises(UsageError, match=r"--export .*mine is not empty"):
+        packs.export(ev, target)
+    assert sorted(os.listdir(target)) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    inode = os.stat(empty).st_ino
+    packs.export(ev, empty)  # an empty folder is filled, and stays the user's folder
+    assert os.stat(empty).st_ino == inode and "model.safetensors" in os.listdir(empty)
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]  # no staging folder left behind
+
+
+def test_a_run_made_with_allow_weight_mismatch_still_predicts(tmp_path):
+    """Its base lacks tensors (config.json has a third layer the weights do not): they were drawn at random, trained
+    (or not) and carried whole by the pack, so the pack reproduces the trained model on that same base."""
+    base = make_base(tmp_path / "base", seed=3)
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    (tmp_path / "base" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(UsageError, match="does not match the weights"):
+        load_model(base, get_task("rte"))
+    torch.manual_seed(0)
+    model = load_model(base, get_task("rte"), allow_weight_mismatch=True)
+    sel = S.select(model, "bitfit", ("all",), seed=0)
+    snap = packs.snapshot(model, sel, model.newly_initialized)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in sel.trainable:
+                p.add_(0.01)
+    packs.write_pack(tmp_path / "pack", model, snap, sel, base_model=base, task="rte")
+    torch.manual_seed(99)  # another draw of the missing layer: the pack must bring back the trained one
+    assert_same_bits(state(packs.load(base, tmp_path / "pack").model), state(model))

@@ -163,6 +163,28 @@ def check_fits(model, pack):
         if table[name]["shape"] != want:
             _fail(where, f"its head tensor {name} has shape {table[name]['shape']}, expected {want} for "
                          f"{m['num_labels']} label(s) on this base", fix)
+    _check_fixups_belong(state, pack, where)
+
+
+def _check_fixups_belong(state, pack, where):
+    """Each tensor's fix-ups correct a rounding of b_0 + delta, so each lies within a few ulps of that sum. The
+    manifest's per-tensor counts say which fix-up belongs to which tensor; an edited count hands one tensor's
+    entries to another, which this catches (the values are then far from the sums they would replace)."""
+    t, start = pack.tensors, 0
+    for name, entry in pack.manifest["tensors"].items():
+        count = entry.get("fixups", 0) if entry["kind"] == "delta" else 0
+        if not count:
+            continue
+        base = state[name].detach().to("cpu").reshape(-1)
+        idx = t["fixups/index"][start:start + count].long()
+        value = t["fixups/value"][start:start + count].float()
+        start += count
+        summed = (base[idx].float() + t[f"delta/{name}"].reshape(-1)[idx].float()).to(base.dtype).float()
+        info = torch.finfo(base.dtype)
+        slack = 4 * info.eps * (base[idx].float().abs() + value.abs()) + info.tiny
+        if bool(((value - summed).abs() > slack).any()):
+            _fail(where, f"the fix-ups the manifest assigns to {name} do not belong to it (the per-tensor "
+                         f"'fixups' counts were edited)", "re-run the training or copy the pack folder again")
 
 
 def check_max_seq_length(pack, model, tokenizer, base_name):

@@ -45,7 +45,8 @@ from ..core import data
 from ..core.errors import UsageError
 from . import pack_checks
 from .io import atomic_directory, atomic_write_json, new_directory
-from ..core.selection import split_base_head
+from ..core.adapters import canonical_name, is_adapter_param
+from ..core.selection import base_prefix, split_base_head
 
 FORMAT = "bitfit-glue-pack"
 VERSION = 1
@@ -64,21 +65,18 @@ def _raw_bytes(t):
 def base_hash(model, exclude=()):
     """sha256 over model.base_model's state dict: name, dtype, shape and raw bytes of each tensor, sorted by name.
     The head is not included: it is what a pack replaces. `exclude`: full model names left out (base tensors the
-    checkpoint lacks, which every load initialises anew and the pack carries whole)."""
+    checkpoint lacks, which every load initialises anew and the pack carries whole). Adapters (LoRA, IA3) are not
+    part of the base: their tensors are left out and wrapped layers hashed under their plain names, so a model with
+    adapters injected hashes like the plain model it was built on."""
     h = hashlib.sha256()
-    state = model.base_model.state_dict()
-    prefix = _base_prefix(model)
-    skip = {n.removeprefix(prefix) for n in exclude}
+    state = {canonical_name(n): t for n, t in model.base_model.state_dict().items() if not is_adapter_param(n)}
+    prefix = base_prefix(model)
+    skip = {canonical_name(n).removeprefix(prefix) for n in exclude}
     for name in sorted(set(state) - skip):
         t = state[name]
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
         h.update(_raw_bytes(t))
     return "sha256:" + h.hexdigest()
-
-
-def _base_prefix(model):
-    """'bert.' for BertForSequenceClassification: how model names map to model.base_model's names."""
-    return next((n + "." if n else "" for n, m in model.named_modules() if m is model.base_model), "")
 
 
 @dataclass
@@ -238,7 +236,8 @@ class Pack:
     tensors: dict  # safetensors key -> CPU tensor
 
 
-_REQUIRED = ("base_model", "base_hash", "fine_tune_type", "task", "num_labels", "tensors")
+# pack_sha256 too: without it an edited pack.safetensors would go unnoticed (every pack of this version has it).
+_REQUIRED = ("base_model", "base_hash", "fine_tune_type", "task", "num_labels", "tensors", "pack_sha256")
 _REDO = "re-run the training or copy the pack folder again"
 
 
@@ -292,7 +291,7 @@ def _read_tensors(directory, tpath, manifest):
     except OSError as e:
         raise UsageError(f"cannot read {tpath} ({e.strerror or type(e).__name__}); make it readable or "
                          f"{_REDO}") from None
-    if "pack_sha256" in manifest and hashlib.sha256(raw).hexdigest() != manifest["pack_sha256"]:
+    if hashlib.sha256(raw).hexdigest() != manifest["pack_sha256"]:
         raise UsageError(f"{tpath} is corrupt or truncated ({len(raw):,} bytes, sha256 differs from the "
                          f"manifest's); {_REDO}")
     try:
@@ -415,9 +414,14 @@ def restore(model, saved):
 # ---------------------------------------------------------------------------------------------- load and predict
 
 def load_base(base_model, pack, device="cpu"):
-    """A freshly loaded base model with the pack's task head shape (random head, replaced by apply_pack)."""
+    """A freshly loaded base model with the pack's task head shape (random head, replaced by apply_pack).
+
+    A config/weights mismatch is not refused here: the pack's base hash (over every tensor the checkpoint holds)
+    and the tensors it carries whole already pin down the exact model it was trained on, so a run made with
+    --allow-weight-mismatch stays usable, and any other base is refused by the hash."""
     from ..core.model import load_model
-    return load_model(base_model, data.get_task(_as_pack(pack).manifest["task"])).to(device)
+    task = data.get_task(_as_pack(pack).manifest["task"])
+    return load_model(base_model, task, allow_weight_mismatch=True).to(device)
 
 
 class PackSwitcher:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def _load_hub(spec, split, labeled):
         import datasets
         ds = datasets.load_dataset("nyu-mll/glue", config, split=hub_split)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        first = first_line(e)
         raise UsageError(f"could not load nyu-mll/glue ({config}, {hub_split}) from the Hugging Face hub "
                          f"({type(e).__name__}: {first}); the hub could not be reached -- pass --data-dir with the "
                          f"GLUE files (<data-dir>/<Task>/<split>.tsv)") from None

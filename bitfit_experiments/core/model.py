@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 
 def _looks_like_path(name):
@@ -53,7 +53,7 @@ def load_tokenizer(name):
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # network, missing files, unknown architecture
-        raise UsageError(f"could not load the tokenizer of '{name}' ({type(e).__name__}: {_first_line(e)}); "
+        raise UsageError(f"could not load the tokenizer of '{name}' ({type(e).__name__}: {first_line(e)}); "
                          f"use a local model directory or check the hub id and your connection") from None
     _check_vocabulary(name, path, tokenizer)
     return tokenizer
@@ -103,7 +103,7 @@ def load_model(name, task, dtype=torch.float32, allow_weight_mismatch=False):
     except Exception as e:
         fix = ("check that config.json describes these weights and that no file is truncated" if os.path.isdir(path)
                else "use a local model directory or check the hub id and your connection")
-        raise UsageError(f"could not load model '{name}' ({type(e).__name__}: {_first_line(e)}); {fix}") from None
+        raise UsageError(f"could not load model '{name}' ({type(e).__name__}: {first_line(e)}); {fix}") from None
     if not allow_weight_mismatch:
         _check_weights_match(name, model, info)
     # Parameters the checkpoint lacks (the head, sometimes a pooler) were drawn at random: task packs must carry them.
@@ -182,11 +182,6 @@ class _quiet_transformers:
             hf_logging.set_verbosity(self.hf_level)
             hf_logging.enable_progress_bar()
         return False
-
-
-def _first_line(e):
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def resolve_device(gpu_device):

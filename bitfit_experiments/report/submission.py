@@ -16,6 +16,8 @@ The dev score is taken at the LAST epoch by default, because the test prediction
 (what the run ends with); --epoch-selection best ranks runs by their best dev epoch, as the tables do by default.
 Every file is checked before the zip is written: header, values, and the index column against the GLUE test file
 (from --data-dir, default $GLUE_DIR) or, where that file is not at hand, the published test-set size.
+
+Layer: report (reads runs through the tables' functions; the files and the zip are artifacts/submission.py).
 """
 import argparse
 import os
@@ -100,7 +102,10 @@ def main(argv=None):
     write_submission_zip(args.zip, files, {"epoch_selection": args.epoch_selection})
     print("\n".join(summary_lines(files, chosen, args.epoch_selection)))
     placeholders = sum(f.placeholder for f in files)
-    print(f"wrote {args.zip}: {len(files)} files, {placeholders} placeholder(s)")
+    by_size = [f.name for f in files if f.index_from == "published size"]
+    print(f"wrote {args.zip}: {len(files)} files, {placeholders} placeholder(s); index columns checked against the "
+          f"GLUE test files" + (f", by published size only for {', '.join(by_size)} (no test file in --data-dir)"
+                                if by_size else ""))
     return files
 
 
