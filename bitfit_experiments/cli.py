@@ -11,7 +11,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from .artifacts.io import check_writable
-from .core.config import BIAS_TERMS, FINE_TUNE_TYPES, RunConfig
+from .core.config import BIAS_TERMS, FINE_TUNE_TYPES, LORA_TARGETS, RunConfig
 from .core.data import TASKS
 from .core.errors import UsageError, exit_on_usage_error
 
@@ -28,16 +28,33 @@ def build_parser():
     p = OneLineParser(prog="run_glue.py", description="Fine-tune a Transformer encoder on a GLUE task with BitFit "
                 "(bias terms only), full fine-tuning, a frozen encoder, or random parameter subsets of BitFit's size.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in (_official_flags, _data_flags, _training_flags, _adapter_flags, _rerun_flags):
+        add(p)
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(RunConfig) if f.default is not MISSING or f.default_factory is not MISSING}
+    for action in p._actions:  # the defaults are RunConfig's, the one place they are written
+        if action.dest in defaults:
+            action.default = defaults[action.dest]
+    return p
+
+
+def _official_flags(p):
+    """The official code's flags: same names, short forms and defaults."""
     g = p.add_argument_group("official flags (benzakenelad/BitFit run_glue.py)")
     g.add_argument("--output-path", "-o", help="directory for every output; must be new or empty (required unless "
                    "--list-params)")
     g.add_argument("--task-name", "-t", choices=sorted(TASKS), metavar="TASK",
                    help="GLUE task: " + ", ".join(sorted(TASKS)))
     g.add_argument("--model-name", "-m", help="any Hugging Face hub id or local directory of an encoder")
+    g.add_argument("--allow-weight-mismatch", action="store_true",
+                   help="train even when the checkpoint lacks encoder weights the architecture has (they would be "
+                   "random) or holds weights it does not use; by default that is refused as a broken model folder")
     g.add_argument("--fine-tune-type", "-f", choices=FINE_TUNE_TYPES, metavar="TYPE",
                    help="full_ft: every parameter; bitfit: bias terms (see --bias-terms) + pooler bias + head; "
                    "frozen: the classifier head only; rand_uniform: --rand-mask-size random entries of the encoder "
-                   "+ head; rand_row_col: a random row/column per weight matrix + LayerNorm gains + head")
+                   "+ head; rand_row_col: a random row/column per weight matrix + LayerNorm gains + head; lora: LoRA on "
+                   "--lora-targets + head; ia3: IA3 (peft's modules for the architecture) + head; bitfit_lora: LoRA + "
+                   "every bias + head")
     g.add_argument("--bias-terms", nargs="+", choices=BIAS_TERMS, metavar="TERM",
                    help="bitfit only: which bias families train, any of " + ", ".join(BIAS_TERMS) +
                    " (query=b_q key=b_k value=b_v attention_output=b_m1 attention_layernorm=b_LN1 "
@@ -54,6 +71,9 @@ def build_parser():
                    help="write GLUE test-server files (e.g. RTE.tsv; MNLI also AX.tsv) to OUTPUT/test_predictions")
     g.add_argument("--verbose", action="store_true", help="print the trainable-parameter report before training")
 
+
+def _data_flags(p):
+    """Where the data comes from and how it is batched."""
     x = p.add_argument_group("data")
     x.add_argument("--data-dir", help="local GLUE files in the original layout (<dir>/RTE/train.tsv, "
                    "...); absent: nyu-mll/glue from the Hugging Face hub")
@@ -72,6 +92,9 @@ def build_parser():
                    "BitFit, SST-2 2k, 1 epoch, 4 seeds: dev 0.716+-0.038 grouped vs 0.760+-0.013 with the default "
                    "random batches (the official code's)")
 
+
+def _training_flags(p):
+    """The training recipe and run management."""
     t = p.add_argument_group("training")
     t.add_argument("--rand-mask-size", type=int, help="rand_uniform: number of trainable encoder entries (default: as many as BitFit trains)")
     t.add_argument("--lr-schedule", choices=["constant", "linear"], help="constant (the official code) or linear warm-up and decay")
@@ -93,18 +116,27 @@ def build_parser():
                    "longer: --resume with a larger --epochs continues it, and (constant schedule) the result is "
                    "bit-identical to a run started with that many epochs")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+
+
+def _adapter_flags(p):
+    """LoRA / IA3 (peft)."""
+    a = p.add_argument_group("adapters (-f lora / ia3 / bitfit_lora, built on peft)")
+    a.add_argument("--lora-r", type=int, help="LoRA rank r")
+    a.add_argument("--lora-alpha", type=float, help="LoRA alpha (the update is scaled by alpha / r); 8 is the LoRA "
+                   "paper's GLUE setting for RoBERTa-base")
+    a.add_argument("--lora-dropout", type=float, help="dropout on the LoRA branch's input")
+    a.add_argument("--lora-targets", nargs="+", choices=LORA_TARGETS, metavar="FAMILY",
+                   help="the projections that get LoRA, named like --bias-terms: " + ", ".join(LORA_TARGETS) +
+                   " (mapped from parameter names)"),
+
+
+def _rerun_flags(p):
+    """Re-executing a run from its config.json."""
     c = p.add_argument_group("re-running a run")
     c.add_argument("--config", metavar="CONFIG_JSON",
                    help="re-execute a run from its config.json (the settings it ran with); flags given beside it "
                    "override the saved ones, e.g. -o NEW_DIR, --model-name and --data-dir for paths that differ on "
                    "this machine. The model's weights must have the sha256 recorded in the config")
-    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
-                for f in fields(RunConfig) if f.default is not MISSING or f.default_factory is not MISSING}
-    for action in p._actions:  # the defaults are RunConfig's, the one place they are written
-        if action.dest in defaults:
-            action.default = defaults[action.dest]
-    return p
-
 
 def _explicit(parser, argv):
     """The flags given on the command line (not their defaults): parse again with every default suppressed."""

@@ -26,12 +26,13 @@ from .artifacts import packs
 from .artifacts.checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
 from .artifacts.evaluator import GLUEEvaluator
 from .artifacts.io import atomic_write_json, atomic_write_text, library_versions
-from .artifacts.lock import LOCK_NAME, RunLock
+from .artifacts.lock import RunLock
 from .artifacts.record import EpochRecord, PackSummary, RecordError, RunRecord, load_config_args
 from .artifacts.submission import write_server_file
-from .core import data, metrics, selection
+from .core import adapters, data, metrics, selection
 from .core.batching import collate, encode
-from .core.config import RESUME_NEUTRAL, PAPER_NOTATION, RunConfig
+from .core.config import ADAPTER_TYPES, PAPER_NOTATION, RESUME_NEUTRAL, RunConfig
+from .core.decoders import pair_pad_token
 from .core.errors import UsageError, first_line
 from .core.features import cache_features, predict_head_logits, train_head_epoch
 from .core.model import load_model, load_tokenizer, model_identity, peak_memory_mb, resolve_device
@@ -92,9 +93,8 @@ def run(config):
             write_artifacts(run_)
         return run_.record
     except UsageError:
-        if created and not _contents(config.output_path):  # refused before writing anything: leave no trace
+        if created and not os.listdir(config.output_path):  # refused before writing anything: leave no trace
             lock.release()
-            os.unlink(os.path.join(config.output_path, LOCK_NAME))
             os.rmdir(config.output_path)
         raise
     finally:
@@ -105,7 +105,9 @@ def list_params(config):
     """--list-params: the trainable-parameter report of this configuration; nothing is trained or written."""
     task = data.get_task(config.task_name)
     set_seed(config.seed)
-    model = load_model(config.model_name, task)
+    model = load_model(config.model_name, task, allow_weight_mismatch=config.allow_weight_mismatch)
+    if config.fine_tune_type in ADAPTER_TYPES:
+        adapters.inject(model, config)
     sel = selection.select(model, config.fine_tune_type, config.bias_terms, config.rand_mask_size, config.seed)
     print(selection.format_report(selection.param_report(model, sel, config.bias_terms)))
 
@@ -118,6 +120,8 @@ def prepare(config, previous=None):
     task = data.get_task(config.task_name)
     set_seed(config.seed)
     tokenizer, model = _load_model(config, task)
+    if config.fine_tune_type in ADAPTER_TYPES:
+        adapters.inject(model, config)  # after the head's initialisation: every type draws the same head
     sel = selection.select(model, config.fine_tune_type, config.bias_terms, config.rand_mask_size, config.seed)
     report = selection.param_report(model, sel, config.bias_terms)
     train_df, encs, test_dfs = _load_data(config, task, tokenizer)
@@ -142,12 +146,12 @@ def _check_output(config):
     directory's previous RunRecord (or None)."""
     out = config.output_path
     if not config.resume:
-        if os.path.isdir(out) and _contents(out):
+        if os.path.isdir(out) and os.listdir(out):
             raise UsageError(f"--output-path {out} is not empty; choose a new directory (or delete this one) so that "
                              f"no earlier result is overwritten")
         return None
     if not os.path.exists(os.path.join(out, "config.json")):
-        if os.path.isdir(out) and _contents(out):
+        if os.path.isdir(out) and os.listdir(out):
             raise UsageError(f"--resume {out}: the directory holds no run (no config.json); give the run's own "
                              f"output directory or a new one")
         return None
@@ -183,7 +187,9 @@ def _resume_neutral(saved, config):
 
 def _load_model(config, task):
     tokenizer = load_tokenizer(config.model_name)
-    model = load_model(config.model_name, task)  # head initialised from the seeded torch RNG
+    # the head is initialised from the seeded torch RNG
+    model = load_model(config.model_name, task, allow_weight_mismatch=config.allow_weight_mismatch)
+    pair_pad_token(tokenizer, model)  # a decoder's last-token head must skip exactly the id batches are padded with
     max_positions = min(getattr(model.config, "max_position_embeddings", None) or 10**9,
                         getattr(tokenizer, "model_max_length", None) or 10**9)
     if config.max_seq_length > max_positions:
@@ -326,7 +332,7 @@ def write_artifacts(run_):
     plot_learning_curves(record, os.path.join(out, "learning_curves.png"))
     families = selection.bias_families(run_.model) if c.fine_tune_type == "bitfit" else {}
     if families:
-        changes = bias_changes(run_.model, run_.snap.values, families)
+        changes = bias_changes(run_.model, run_.snap.values, families, selection.fused_qkv_masks(run_.model))
         atomic_write_json(os.path.join(out, "bias_changes.json"), changes)
         plot_bias_heatmap(changes, os.path.join(out, "bias_changes.png"),
                           title=f"Change in bias components ({run_.task.name.upper()})")
@@ -343,7 +349,8 @@ def write_artifacts(run_):
     # The pack holds the last-epoch weights, so its dev metrics are the last epoch's.
     manifest = packs.write_pack(os.path.join(out, "pack"), run_.model, run_.snap, run_.sel, base_model=c.model_name,
                                 task=run_.task, dev_metrics=record.last, max_seq_length=c.max_seq_length,
-                                extra={"best_epoch": record.best_epoch, "last_epoch": record.last_epoch})
+                                extra={"best_epoch": record.best_epoch, "last_epoch": record.last_epoch,
+                                       **({"adapter": adapters.spec(c)} if adapters.spec(c) else {})})
     print(packs.format_summary(manifest), flush=True)
     record.pack = PackSummary(**{k: manifest[k] for k in ("pack_bytes", "full_model_bytes", "ratio_to_full_model",
                                                           "stored_values", "fixups")})
@@ -353,12 +360,17 @@ def write_artifacts(run_):
         remove_checkpoint(out)
 
 
-def bias_changes(model, initial, families):
+def bias_changes(model, initial, families, fused=None):
     """Mean |b_f - b_0| per family and layer: the quantity of the paper's Figure 1. `initial` holds the original
-    values of the trained tensors (the pack snapshot); a family that did not train changed by exactly 0."""
-    params = dict(model.named_parameters())
-    out = {family: [float((params[name].detach().float().cpu() - initial[name].float()).abs().mean())
-                    if name in initial else 0.0 for _, name in entries]
+    values of the trained tensors (the pack snapshot); a family that did not train changed by exactly 0. `fused`
+    (selection.fused_qkv_masks): a family whose bias is a slice of a fused q/k/v tensor is averaged over its slice."""
+    params, fused = dict(model.named_parameters()), fused or {}
+
+    def change(family, name):
+        diff = (params[name].detach().float().cpu() - initial[name].float()).abs()
+        own = fused.get((family, name))
+        return float((diff.reshape(-1)[own.reshape(-1)] if own is not None else diff).mean())
+    out = {family: [change(family, name) if name in initial else 0.0 for _, name in entries]
            for family, entries in families.items()}
     return {"layers": max((len(v) for v in out.values()), default=0), "families": out,
             "notation": {f: PAPER_NOTATION[f] for f in out}}
@@ -405,16 +417,12 @@ def _raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _contents(path):
-    return [n for n in os.listdir(path) if n != LOCK_NAME]
-
-
 _TEMPORARY = re.compile(r"^\..+(\.tmp|\.[A-Za-z0-9_]{8})$")  # atomic_open's files, atomic_directory's folders
 
 
 def _remove_leftover_temporaries(out):
     """Half-written temporaries of a killed write (never the targets themselves, which are replaced by rename)."""
     for name in os.listdir(out):
-        if name != LOCK_NAME and _TEMPORARY.match(name):
+        if _TEMPORARY.match(name):
             path = os.path.join(out, name)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)

@@ -10,6 +10,7 @@ Saved as a plain folder -- `model.safetensors` + the Hugging Face config + the t
 
 Layer: artifacts.
 """
+import copy
 import json
 import os
 
@@ -18,6 +19,7 @@ import torch
 
 from ..core import data, metrics
 from ..core.batching import encode
+from ..core.adapters import is_adapter_param, merge_and_unload
 from ..core.errors import UsageError, first_line
 from .io import atomic_directory, atomic_write_json
 from ..core.trainer import predict_logits
@@ -59,9 +61,13 @@ class GLUEEvaluator:
         return metrics.compute_metrics(self.task.name, preds, df["label"].to_numpy())
 
     def save(self, directory):
-        """Write the evaluator folder atomically: built in a temporary sibling, then renamed into place."""
+        """Write the evaluator folder atomically: built in a temporary sibling, then renamed into place. A model with
+        LoRA / IA3 adapters is saved merged (a copy; this model keeps its adapters), as a plain transformers model."""
+        model = self.model
+        if any(is_adapter_param(n) for n, _ in model.named_parameters()):
+            model = merge_and_unload(copy.deepcopy(model))
         with atomic_directory(directory) as tmp:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             atomic_write_json(os.path.join(tmp, "evaluator.json"), {
                 "format": FORMAT, "task": self.task.name, "max_seq_length": self.max_seq_length,

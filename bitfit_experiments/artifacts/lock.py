@@ -1,38 +1,33 @@
-"""One run per output directory: an exclusive lock held for the whole run.
+"""One run per output directory: an exclusive lock on the directory itself, held for the whole run.
 
-Layer: artifacts. `run_glue.py` (and a sweep deciding whether to redo a directory) take `OUT/.lock` with flock.
-The kernel drops the lock when the process dies, however it dies (kill -9, scancel, a crash), so a lock file that is
-present but not held is stale by construction: the next run or `--resume` takes it over. Shell scripts test it with
-util-linux `flock -n OUT/.lock true` (succeeds only when no run holds it).
+Layer: artifacts. `run_glue.py` (and a sweep deciding whether to redo a directory) take flock on the output
+directory's own file descriptor, so no lock file is ever written into a user's directory (a refused run leaves a
+non-empty directory exactly as it was). The kernel drops the lock when the process dies, however it dies (kill -9,
+scancel, a crash), so a lock is never stale: if nothing holds it, no run is writing there. Shell scripts test it with
+util-linux `flock -n DIR true`, which succeeds only when no run holds DIR.
 """
 import fcntl
 import os
 
 from ..core.errors import UsageError
 
-LOCK_NAME = ".lock"
-
 
 class RunLock:
-    """`with RunLock(out):` -- creates `out` if needed; refuses (UsageError) when another process holds the lock."""
+    """`with RunLock(out):` -- creates `out` if needed; refuses (UsageError) when another process holds it."""
 
     def __init__(self, out_dir):
         self.out_dir = out_dir
-        self.path = os.path.join(out_dir, LOCK_NAME)
         self.fd = None
 
     def acquire(self):
         os.makedirs(self.out_dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.out_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
             os.close(fd)
-            raise UsageError(f"--output-path {self.out_dir}: another run is writing to it{holder}; wait for it to "
-                             f"finish or choose another directory") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+            raise UsageError(f"--output-path {self.out_dir}: another run is writing to it; wait for it to finish or "
+                             f"choose another directory") from None
         self.fd = fd
         return self
 
@@ -50,20 +45,11 @@ class RunLock:
         return False
 
 
-def _read_holder(fd):
-    try:
-        pid = os.pread(fd, 32, 0).decode().strip()
-    except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
-
-
 def is_locked(out_dir):
-    """True while a live process holds OUT/.lock."""
-    path = os.path.join(out_dir, LOCK_NAME)
-    if not os.path.exists(path):
+    """True while a live process holds the lock of `out_dir`."""
+    if not os.path.isdir(out_dir):
         return False
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -47,12 +47,30 @@ def check_manifest(manifest, where, fix):
     excludes = manifest.get("hash_excludes", [])
     if not (isinstance(excludes, list) and all(isinstance(n, str) for n in excludes)):
         _fail(where, f"hash_excludes {excludes!r} is not a list of tensor names", fix)
+    _check_adapter(manifest.get("adapter"), where, fix)
     table = manifest["tensors"]
     if not (isinstance(table, dict) and table):
         _fail(where, "'tensors' is not a table of tensor entries", fix)
     for name, entry in table.items():
         _check_entry(name, entry, where, fix)
     return spec
+
+
+def _check_adapter(adapter, where, fix):
+    """A LoRA / IA3 pack records how to rebuild its adapters; every field must be one the run could have had."""
+    if adapter is None:
+        return
+    from ..core.config import ADAPTER_TYPES, LORA_TARGETS
+    if not isinstance(adapter, dict) or adapter.get("type") not in ADAPTER_TYPES:
+        _fail(where, f"adapter {adapter!r} is not one of {', '.join(ADAPTER_TYPES)}", fix)
+    if adapter["type"] == "ia3":
+        return
+    r, alpha, dropout, targets = (adapter.get(k) for k in ("r", "alpha", "dropout", "targets"))
+    ok = (_is_count(r) and r >= 1 and isinstance(alpha, (int, float)) and alpha > 0
+          and isinstance(dropout, (int, float)) and 0 <= dropout < 1 and isinstance(targets, list) and targets
+          and all(t in LORA_TARGETS for t in targets))
+    if not ok:
+        _fail(where, f"adapter {adapter!r} has an invalid r, alpha, dropout or targets", fix)
 
 
 def _check_labels(manifest, spec, where, fix):

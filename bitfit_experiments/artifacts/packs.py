@@ -45,6 +45,7 @@ from ..core import data
 from ..core.errors import UsageError
 from . import pack_checks
 from .io import atomic_directory, atomic_write_json, new_directory
+from ..core import adapters
 from ..core.adapters import canonical_name, is_adapter_param
 from ..core.selection import base_prefix, split_base_head
 
@@ -129,7 +130,7 @@ def build_pack(model, snap, selection):
     for name in names:
         cur = state[name].detach().to("cpu")
         entry = {"shape": list(cur.shape), "dtype": _dtype_name(cur.dtype)}
-        if full_ft or name in head or name in carry:
+        if full_ft or name in head or name in carry or is_adapter_param(name):  # adapters have no base value
             entry["kind"] = "full"
             tensors[f"full/{name}"] = cur.clone().contiguous()
         elif name in selection.masks:
@@ -420,8 +421,11 @@ def load_base(base_model, pack, device="cpu"):
     and the tensors it carries whole already pin down the exact model it was trained on, so a run made with
     --allow-weight-mismatch stays usable, and any other base is refused by the hash."""
     from ..core.model import load_model
-    task = data.get_task(_as_pack(pack).manifest["task"])
-    return load_model(base_model, task, allow_weight_mismatch=True).to(device)
+    manifest = _as_pack(pack).manifest
+    model = load_model(base_model, data.get_task(manifest["task"]), allow_weight_mismatch=True)
+    if manifest.get("adapter"):  # LoRA / IA3: the same adapters, then the pack sets their trained values
+        adapters.inject(model, adapters.spec_config(manifest["adapter"]))
+    return model.to(device)
 
 
 class PackSwitcher:
@@ -431,18 +435,24 @@ class PackSwitcher:
 
     def __init__(self, base_model, device="cpu"):
         self.base_model, self.device = os.fspath(base_model), torch.device(device)
-        self.model = self.tokenizer = self.current = None
+        self.model = self.tokenizer = self.current = self.adapter = None
         self._hashes = {}  # hash_excludes -> base hash of the model as loaded (restore() keeps it that way)
         self._saved = {}
 
     def use(self, pack):
         """Switch to `pack` (folder or Pack); returns a GLUEEvaluator for its task sharing this model."""
         from .evaluator import GLUEEvaluator
+        from ..core.decoders import pair_pad_token
         from ..core.model import load_tokenizer
         pack = _as_pack(pack)
+        if self.model is not None and pack.manifest.get("adapter") != self.adapter:
+            self.model = None  # another adapter shape (or none): start from a fresh base
+            self._hashes, self._saved, self.current = {}, {}, None
         if self.model is None:
+            self.adapter = pack.manifest.get("adapter")
             self.tokenizer = load_tokenizer(self.base_model)
             self.model = load_base(self.base_model, pack, self.device)
+            pair_pad_token(self.tokenizer, self.model)  # as in training: a decoder's head needs the pad id
             self.model.eval()
         excludes = tuple(pack.manifest.get("hash_excludes", []))
         if excludes not in self._hashes:  # hash the base as loaded, then put the current pack back
@@ -478,7 +488,10 @@ def load(base_model, pack, device="cpu"):
 def export(evaluator, directory, flag="--export"):
     """A standard Hugging Face model folder (weights + config with labels + tokenizer) that plain
     AutoModelForSequenceClassification.from_pretrained loads; evaluator.json beside them lets
-    GLUEEvaluator.load read it too. `directory` must be new or empty: nothing already there is replaced."""
+    GLUEEvaluator.load read it too. `directory` must be new or empty: nothing already there is replaced.
+    LoRA / IA3 adapters are merged into the weights first, so the folder needs no peft to load."""
+    if any(is_adapter_param(n) for n, _ in evaluator.model.named_parameters()):
+        adapters.merge_and_unload(evaluator.model)
     with new_directory(directory, flag) as built:
         evaluator.save(built)
     return os.fspath(directory)

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UsageError
 
-FINE_TUNE_TYPES = ("full_ft", "bitfit", "frozen", "rand_uniform", "rand_row_col")
+FINE_TUNE_TYPES = ("full_ft", "bitfit", "frozen", "rand_uniform", "rand_row_col", "lora", "ia3", "bitfit_lora")
+ADAPTER_TYPES = ("lora", "ia3", "bitfit_lora")  # built on peft (core/adapters.py)
+LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
 BIAS_FAMILIES = ("query", "key", "value", "attention_output", "attention_layernorm", "intermediate", "output",
                  "output_layernorm")
 BIAS_TERMS = BIAS_FAMILIES + ("all",)
@@ -50,6 +52,7 @@ class RunConfig:
     predict_test: bool = False
     verbose: bool = False
     data_dir: str | None = None
+    allow_weight_mismatch: bool = False
     max_seq_length: int = 128
     train_size: int | None = None
     eval_train: bool = False
@@ -57,6 +60,10 @@ class RunConfig:
     pad_to_max_length: bool = False
     group_by_length: bool = False
     rand_mask_size: int | None = None
+    lora_r: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.1
+    lora_targets: list = field(default_factory=lambda: ["query", "value"])
     lr_schedule: str = "constant"
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
@@ -70,6 +77,7 @@ class RunConfig:
 
     def __post_init__(self):
         self.bias_terms = list(self.bias_terms)
+        self.lora_targets = list(self.lora_targets)
         self.validate()
 
     @classmethod
@@ -147,11 +155,32 @@ class RunConfig:
                                  "of families")
             if len(set(terms)) != len(terms):
                 raise UsageError(f"--bias-terms {' '.join(terms)}: a term is repeated; list each family once")
+        self._check_lora_flags()
         if self.rand_mask_size is not None:
             if self.fine_tune_type != "rand_uniform":
                 raise UsageError("--rand-mask-size applies to -f rand_uniform only; drop it or use -f rand_uniform")
             if self.rand_mask_size < 1:
                 raise UsageError(f"--rand-mask-size {self.rand_mask_size}: give a positive number of entries")
+
+
+    def _check_lora_flags(self):
+        lora = self.fine_tune_type in ("lora", "bitfit_lora")
+        defaults = RunConfig.__dataclass_fields__
+        changed = [f"--{n.replace('_', '-')}" for n in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+                   if getattr(self, n) != (defaults[n].default_factory() if n == "lora_targets" else defaults[n].default)]
+        if changed and not lora:
+            raise UsageError(f"{', '.join(changed)} apply to -f lora / bitfit_lora only, not {self.fine_tune_type}; "
+                             f"drop them or use -f lora")
+        if self.lora_r < 1:
+            raise UsageError(f"--lora-r {self.lora_r}: the rank must be a positive integer (e.g. 8)")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise UsageError(f"--lora-alpha {self.lora_alpha}: give a positive number (e.g. 8)")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError(f"--lora-dropout {self.lora_dropout}: give a probability in [0, 1)")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if not self.lora_targets or unknown or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise UsageError(f"--lora-targets {' '.join(self.lora_targets) or '(empty)'}: list each of "
+                             f"{', '.join(LORA_TARGETS)} at most once")
 
 
 def _choice(flag, value, allowed):

@@ -16,10 +16,14 @@ class name), anchored on the layer index: the suffix must follow `.<int>.` direc
 exact: `output` is `<layer>.output.dense.bias` (b_m3) only. The official code matches substrings, so its `output`
 also trains `attention.output.dense.bias` (b_m1) and the attention LayerNorm; we deliberately do not.
 
-Partially trainable parameters (the random baselines) carry a boolean mask. requires_grad is per tensor, so the
-entries outside the mask are kept bit-identical by MaskGuard: zero their gradients after backward, and copy their
-original values back after every optimizer step (AdamW's decoupled weight decay, or Adam state built up from
-L2-regularised gradients, would otherwise move them).
+Decoders (GPT-2, BLOOM, GPT-NeoX/Pythia, OPT, Qwen2) have schemes too. GPT-2, BLOOM and GPT-NeoX keep query, key and
+value in one fused bias per layer; `--bias-terms query` then trains exactly the query entries of it (FUSED_QKV says
+where they are), as a masked tensor.
+
+Partially trainable parameters (the random baselines, a fused q/k/v bias of which only some families train) carry a
+boolean mask. requires_grad is per tensor, so the entries outside the mask are kept bit-identical by MaskGuard: zero
+their gradients after backward, and copy their original values back after every optimizer step (AdamW's decoupled
+weight decay, or Adam state built up from L2-regularised gradients, would otherwise move them).
 
 Layer: core.
 """
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 from .config import BIAS_FAMILIES, BIAS_TERMS, FINE_TUNE_TYPES, PAPER_NOTATION
+from .adapters import ADAPTER_TYPES, canonical_name, is_adapter_param
 from .errors import UsageError
 
 
@@ -49,7 +54,44 @@ NAMING_SCHEMES = {
     },
     "deberta_v2": {**_BERT, "query": "attention.self.query_proj.bias", "key": "attention.self.key_proj.bias",
                    "value": "attention.self.value_proj.bias"},
+    # Decoders (pre-LayerNorm): the LayerNorm in front of the attention block is attention_layernorm (b_LN1), the
+    # one in front of the MLP output_layernorm (b_LN2) -- the same sublayer each belongs to in BERT, at its input
+    # instead of its output. Query, key and value of gpt2 / bloom / gpt_neox are one fused tensor: FUSED_QKV.
+    "gpt2": {  # GPT-2 (Conv1D layers, weight (in, out))
+        "query": "attn.c_attn.bias", "key": "attn.c_attn.bias", "value": "attn.c_attn.bias",
+        "attention_output": "attn.c_proj.bias", "attention_layernorm": "ln_1.bias",
+        "intermediate": "mlp.c_fc.bias", "output": "mlp.c_proj.bias", "output_layernorm": "ln_2.bias",
+    },
+    "bloom": {  # BLOOM, BLOOMZ
+        "query": "self_attention.query_key_value.bias", "key": "self_attention.query_key_value.bias",
+        "value": "self_attention.query_key_value.bias", "attention_output": "self_attention.dense.bias",
+        "attention_layernorm": "input_layernorm.bias", "intermediate": "mlp.dense_h_to_4h.bias",
+        "output": "mlp.dense_4h_to_h.bias", "output_layernorm": "post_attention_layernorm.bias",
+    },
+    "gpt_neox": {  # GPT-NeoX, Pythia
+        "query": "attention.query_key_value.bias", "key": "attention.query_key_value.bias",
+        "value": "attention.query_key_value.bias", "attention_output": "attention.dense.bias",
+        "attention_layernorm": "input_layernorm.bias", "intermediate": "mlp.dense_h_to_4h.bias",
+        "output": "mlp.dense_4h_to_h.bias", "output_layernorm": "post_attention_layernorm.bias",
+    },
+    # LLaMA-style names: Qwen2 (biases on q/k/v only; o_proj, the MLP and RMSNorm have none), and LLaMA / Mistral
+    # built with attention_bias=True. Listed before opt: on Qwen2 both match q/k/v alone, and the tie goes to the
+    # first scheme.
+    "llama": {"query": "self_attn.q_proj.bias", "key": "self_attn.k_proj.bias", "value": "self_attn.v_proj.bias",
+              "attention_output": "self_attn.o_proj.bias"},
+    "opt": {  # OPT (its per-layer final_layer_norm is the MLP's input LayerNorm; the decoder's own one is not in a layer)
+        "query": "self_attn.q_proj.bias", "key": "self_attn.k_proj.bias", "value": "self_attn.v_proj.bias",
+        "attention_output": "self_attn.out_proj.bias", "attention_layernorm": "self_attn_layer_norm.bias",
+        "intermediate": "fc1.bias", "output": "fc2.bias", "output_layernorm": "final_layer_norm.bias",
+    },
 }
+# Schemes whose query, key and value biases are one fused tensor per layer, and how its entries are laid out (read off
+# transformers' own split of the fused projection's output):
+#   blocks    [q | k | v], each `hidden` wide -- GPT2Attention: c_attn(x).split(split_size=hidden, dim=2)
+#   per_head  [head, (q, k, v), head_dim]     -- BloomAttention._reshape: view(..., num_heads, 3, head_dim);
+#             GPTNeoXAttention: view(..., -1, 3 * head_size) then chunk(3, dim=-1)
+FUSED_QKV = {"gpt2": "blocks", "bloom": "per_head", "gpt_neox": "per_head"}
+QKV_FAMILIES = ("query", "key", "value")  # their order inside a fused tensor
 
 
 @dataclass
@@ -89,7 +131,8 @@ def _scheme_matches(scheme, bias_names):
     out = {}
     for fam, suffix in NAMING_SCHEMES[scheme].items():
         pat = re.compile(r"(?:^|\.)(\d+)\." + re.escape(suffix) + "$")
-        hits = [(int(m.group(1)), n) for n in bias_names if (m := pat.search(n))]
+        # canonical_name: a bias inside an adapter-wrapped layer is '<module>.base_layer.bias'
+        hits = [(int(m.group(1)), n) for n in bias_names if (m := pat.search(canonical_name(n)))]
         out[fam] = sorted(hits)
     return out
 
@@ -113,6 +156,35 @@ def bias_families(model):
         return {}
     base, _ = split_base_head(model)
     return _scheme_matches(scheme, [n for n in base if n.endswith("bias")])
+
+
+def qkv_slice_mask(layout, numel, num_heads, family):
+    """BoolTensor (numel,): the entries of a fused q/k/v bias that belong to `family` under `layout` (FUSED_QKV)."""
+    which = QKV_FAMILIES.index(family)
+    if numel % 3 or (layout == "per_head" and (not num_heads or numel % (3 * num_heads))):
+        raise ValueError(f"a fused q/k/v bias of {numel} entries cannot be split in 3 x {num_heads} heads")
+    if layout == "blocks":
+        mask = torch.zeros(3, numel // 3, dtype=torch.bool)
+        mask[which] = True
+    elif layout == "per_head":
+        mask = torch.zeros(num_heads, 3, numel // (3 * num_heads), dtype=torch.bool)
+        mask[:, which] = True
+    else:
+        raise ValueError(f"unknown fused q/k/v layout {layout!r}")
+    return mask.reshape(-1)
+
+
+def fused_qkv_masks(model):
+    """{(family, param name): BoolTensor} for each query/key/value bias that shares its tensor with the other two
+    (GPT-2, BLOOM, GPT-NeoX): True on the family's own entries. Empty for schemes with separate q/k/v biases."""
+    layout = FUSED_QKV.get(naming_scheme(model))
+    if layout is None:
+        return {}
+    heads = getattr(model.config, "num_attention_heads", None)
+    params = dict(model.named_parameters())
+    families = bias_families(model)
+    return {(fam, name): qkv_slice_mask(layout, params[name].numel(), heads, fam).view(params[name].shape)
+            for fam in QKV_FAMILIES for _, name in families[fam]}
 
 
 def _bias_pattern(bias_names, limit=3):
@@ -156,8 +228,15 @@ def select(model, fine_tune_type, bias_terms=("all",), rand_mask_size=None, seed
         return done(params)
     if fine_tune_type == "frozen":
         return done(head)
+    if fine_tune_type in ADAPTER_TYPES:  # the adapters were injected already (adapters.inject)
+        adapters = [n for n in base if is_adapter_param(n)]
+        if not adapters:
+            raise ValueError(f"{fine_tune_type}: no adapter parameters in the model; call adapters.inject first")
+        biases = _bitfit_biases(model, base, ("all",)) if fine_tune_type == "bitfit_lora" else []
+        return done(adapters + biases + head)
     if fine_tune_type == "bitfit":
-        return done(_bitfit_biases(model, base, terms) + head)
+        biases = _bitfit_biases(model, base, terms)
+        return done(biases + head, _fused_subset_masks(model, terms, biases))
     if fine_tune_type == "rand_uniform":
         n = default_rand_mask_size(model) if rand_mask_size is None else int(rand_mask_size)
         masks = _rand_uniform_masks(params, base, n, seed)
@@ -172,8 +251,10 @@ def select(model, fine_tune_type, bias_terms=("all",), rand_mask_size=None, seed
 def _bitfit_biases(model, base, terms):
     biases = [n for n in base if n.endswith("bias")]
     if not biases:
-        raise UsageError("this model has no bias parameters, so BitFit cannot train anything; "
-                         "use another --fine-tune-type")
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        raise UsageError(f"--fine-tune-type bitfit: this model{f' ({kind})' if kind else ''} has no bias parameters "
+                         f"at all -- its linear layers are built with bias=False and its norms have none (as in "
+                         f"LLaMA and Mistral) -- so BitFit has nothing to train; use full_ft (or lora) instead")
     if terms == ("all",):
         return biases  # as the official code: every bias, incl. embeddings LayerNorm and pooler
     families = bias_families(model)
@@ -188,6 +269,19 @@ def _bitfit_biases(model, base, terms):
                              f"choose among those it has or use `all`")
         chosen += [n for _, n in families[t]]
     return chosen + [n for n in biases if _is_pooler(n)]
+
+
+def _fused_subset_masks(model, terms, chosen):
+    """Masks for the fused q/k/v biases of which only some families train (`--bias-terms query` on GPT-2 trains
+    the query third of c_attn.bias): the union of the chosen families' entries. A fused tensor whose three families
+    are all chosen trains whole and needs no mask."""
+    if terms == ("all",):
+        return {}
+    masks = {}
+    for (fam, name), mask in fused_qkv_masks(model).items():
+        if fam in terms and name in chosen:
+            masks[name] = masks[name] | mask if name in masks else mask.clone()
+    return {name: m for name, m in masks.items() if not bool(m.all())}
 
 
 def default_rand_mask_size(model):
@@ -325,6 +419,23 @@ def _count(params, selection, name):
     return params[name].numel() if name in set(selection.trainable) else 0
 
 
+def _family_counts(params, selection, family, hits, fused):
+    """(entries, trainable entries) of one bias family, counting only the family's own slice of a fused tensor."""
+    total = trainable = 0
+    for _, name in hits:
+        own = fused.get((family, name))
+        if own is None:
+            total += params[name].numel()
+            trainable += _count(params, selection, name)
+            continue
+        chosen = selection.masks.get(name)
+        if chosen is None:
+            chosen = torch.full(own.shape, name in set(selection.trainable), dtype=torch.bool)
+        total += int(own.sum())
+        trainable += int((own & chosen.to(own.device)).sum())
+    return total, trainable
+
+
 def param_report(model, selection, bias_terms=None):
     """Parameter counts per bias family / pooler bias / embeddings biases / head, and the trainable total.
     Shares are of the base model (embeddings + encoder + pooler, no head), the paper's denominator.
@@ -332,7 +443,7 @@ def param_report(model, selection, bias_terms=None):
     terms = _parse_bias_terms(selection.bias_terms if bias_terms is None else bias_terms)
     params = dict(model.named_parameters())
     base, head = split_base_head(model)
-    base_total = sum(params[n].numel() for n in base)
+    base_total = sum(params[n].numel() for n in base if not is_adapter_param(n))  # the plain model's size
     trainable = set(selection.trainable)
     pct = lambda x: 100.0 * x / base_total if base_total else 0.0
 
@@ -345,26 +456,31 @@ def param_report(model, selection, bias_terms=None):
         return r
 
     families = bias_families(model)
-    bitfit = selection.fine_tune_type == "bitfit"
+    fused = fused_qkv_masks(model)
+    bitfit = selection.fine_tune_type in ("bitfit", "bitfit_lora")
     fam_rows = []
     for fam, hits in families.items():
         sel = bitfit and (terms == ("all",) or fam in terms)
-        fam_rows.append({**row(fam, [n for _, n in hits], sel), "notation": PAPER_NOTATION[fam]})
+        r = row(fam, [n for _, n in hits], sel)
+        if fused:  # query, key and value share one tensor: each family counts its own entries of it
+            r["params"], r["trainable_params"] = _family_counts(params, selection, fam, hits, fused)
+            r["percent"] = pct(r["params"])
+        fam_rows.append({**r, "notation": PAPER_NOTATION[fam]})
     in_family = {n for hits in families.values() for _, n in hits}
     base_biases = [n for n in base if n.endswith("bias")]
     pooler = [n for n in base_biases if _is_pooler(n)]
     other = [n for n in base_biases if n not in in_family and not _is_pooler(n)]
-    other_rows = [row("pooler bias", pooler), row("other base-model biases (embeddings LayerNorm, ...)", other),
-                  row("head (all parameters)", head)]
+    other_rows = [row("pooler bias", pooler), row("other base-model biases (embeddings LayerNorm, ...)", other)]
+    other_rows += [row(f"{fam} adapters ({selection.fine_tune_type})", names)
+                   for fam, names in _adapter_families(model, base).items()]
+    other_rows.append(row("head (all parameters)", head))
 
     base_trainable = sum(_count(params, selection, n) for n in base)
     head_trainable = sum(_count(params, selection, n) for n in head)
-    # The paper's %Param column: for BitFit the selected bias families of the encoder layers only (0.09% on
-    # bert-base = 101,376 / 108,310,272); otherwise the trainable share of the base model.
-    if bitfit and families:
-        paper = pct(sum(r["params"] for r in fam_rows if r["selected"]))
-    else:
-        paper = pct(base_trainable)
+    # The %Param column, one definition for every method: the trainable entries of the base model (embeddings,
+    # encoder, pooler, adapters; not the task head) over the plain base model's size. BitFit on bert-base trains
+    # 102,912 = 0.0950% (-> "0.10"; the paper prints 0.09, the 101,376 biases of the 12 layers alone).
+    paper = pct(base_trainable)
     return {
         "fine_tune_type": selection.fine_tune_type,
         "bias_terms": list(terms),
@@ -386,6 +502,21 @@ def param_report(model, selection, bias_terms=None):
         "trainable_share": pct(base_trainable),
         "paper_param_share": paper,
     }
+
+
+def _adapter_families(model, base):
+    """family -> adapter parameter names (LoRA A/B, IA3 vectors), by the module they sit on; 'other' if none."""
+    adapter = [n for n in base if is_adapter_param(n)]
+    if not adapter:
+        return {}
+    scheme = naming_scheme(model)
+    out = {}
+    for name in adapter:
+        module = canonical_name(name).split(".lora_")[0].split(".ia3_l")[0]
+        fam = next((f for f, suffix in NAMING_SCHEMES.get(scheme, {}).items()
+                    if re.search(r"(?:^|\.)\d+\." + re.escape(suffix.removesuffix(".bias")) + "$", module)), "other")
+        out.setdefault(fam, []).append(name)
+    return out
 
 
 def format_report(report):
