@@ -12,7 +12,7 @@ HEADLINE = {"cola": "matthews_correlation", "mrpc": "f1", "qqp": "f1", "stsb": "
 
 
 def make_run(root, rel, task, ft, lr, seed, dev, bias_terms=None, status="complete", model="bert-base-cased",
-             train_size=None, train=None, bias_changes=None, mm=None, share=0.0936):
+             train_size=None, train=None, bias_changes=None, mm=None, share=0.0936, other=None):
     """Write a run directory the way run_glue.py does. `dev` = headline value per epoch (fractions)."""
     path = os.path.join(root, rel)
     os.makedirs(path, exist_ok=True)
@@ -25,7 +25,7 @@ def make_run(root, rel, task, ft, lr, seed, dev, bias_terms=None, status="comple
                        eval_splits=splits, trainable_params=10, total_params=100, trainable_share=share,
                        paper_param_share=100.0 if ft == "full_ft" else share)
     for i, v in enumerate(dev):
-        metrics = {splits[0]: {key: v}}
+        metrics = {splits[0]: {key: v, **{k: vals[i] for k, vals in (other or {}).items()}}}
         if task == "mnli":
             metrics["dev_mismatched"] = {key: (mm or dev)[i]}
         if train:
@@ -221,3 +221,22 @@ def test_claims_flag_differences_within_seed_noise_and_report_majority_baselines
     out = capsys.readouterr().out
     assert f"rte: majority {expected:.1f} | Full-FT 70.0, BitFit 69.0" in out
     assert "(1 within seed noise)" in out
+
+
+def test_lora_paper_table_uses_its_metrics_and_rows(tmp_path):
+    """--paper-table lora: MRPC on accuracy (the LoRA paper's metric), the best epoch still chosen by F1."""
+    r = str(tmp_path / "runs")
+    for ft, f1, acc in (("full_ft", [0.80, 0.90], [0.70, 0.86]), ("bitfit", [0.85, 0.88], [0.84, 0.83]),
+                        ("lora", [0.86, 0.84], [0.81, 0.88])):
+        make_run(r, ft, "mrpc", ft, 1e-3, 0, f1, model="roberta-base", other={"accuracy": acc})
+    out = tmp_path / "out"
+    tables.main([r, "--out", str(out), "--paper-table", "lora"])
+    md = (out / "table.md").read_text()
+    assert "LoRA paper's Table 2" in md
+    rows = {}
+    for line in md.splitlines():  # the first table: the results (the second lists learning rates)
+        if line.startswith("| roberta-base"):
+            rows.setdefault(line.split("|")[2].strip(), line)
+    # accuracy at the F1-best epoch: Full-FT 86.0 (epoch 2), BitFit 83.0 (epoch 2), LoRA 81.0 (epoch 1)
+    assert "86.0 / 90.2" in rows["Full-FT"] and "83.0 / 92.7" in rows["BitFit"] and "81.0 / 89.7" in rows["LoRA"]
+    assert "0.3M" in rows["LoRA"]  # the paper's trainable count where it prints no %Param

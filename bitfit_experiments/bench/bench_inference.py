@@ -1,4 +1,5 @@
-"""Inference cost of a task pack: the base with a pack applied vs a plain model, on the same batches.
+"""Inference cost of a task pack: the base with a pack applied vs a plain model (and a LoRA pack, unmerged and merged),
+on the same batches.
 
 A pack only changes tensor values, so the packed model must be the very same architecture (no adapter layers) and run
 exactly as fast. This checks the structure (same modules, same parameter shapes) and times both models, interleaved
@@ -107,6 +108,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = least noise on a shared machine)")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time a (simulated) LoRA pack, unmerged and merged into the weights")
     p.add_argument("--output", help="also write the figures as JSON")
     args = p.parse_args(argv)
     if args.base is None:
@@ -114,41 +117,77 @@ def parse_args(argv=None):
     return args
 
 
+def simulated_lora_pack(base, task, directory, seed=0):
+    """A LoRA pack (r 8 on query and value, the defaults) whose B matrices are small random steps, so the adapters
+    change the output as trained ones would (no training needed)."""
+    from types import SimpleNamespace
+    from ..core import adapters
+    torch.manual_seed(seed)
+    model = load_model(base, data.get_task(task))
+    config = SimpleNamespace(fine_tune_type="lora", lora_r=8, lora_alpha=8.0, lora_dropout=0.1,
+                             lora_targets=["query", "value"])
+    adapters.inject(model, config)
+    sel = selection.select(model, "lora")
+    snap = packs.snapshot(model, sel)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 1e-2)
+    packs.write_pack(directory, model, snap, sel, base_model=base, task=task,
+                     extra={"simulated": True, "adapter": adapters.spec(config)})
+    return directory
+
+
+def build_models(args, tmp):
+    """{name: model} to time: the plain model, base + the BitFit (or given) pack, and (--lora) base + a LoRA pack
+    unmerged (peft layers in the forward) and merged into the weights; plus the packs' bytes on disk."""
+    from ..core import adapters
+    pack_dir = args.pack or simulated_pack(args.base, args.task, os.path.join(tmp, "pack"))
+    packed = packs.load(args.base, pack_dir)
+    task = packed.task.name
+    torch.manual_seed(0)
+    plain = load_model(args.base, data.get_task(task)).eval()
+    if not packed.config["pack"].get("adapter") and structure(plain) != structure(packed.model):
+        raise RuntimeError("the packed model's structure differs from the plain model's: apply_pack added or "
+                           "reshaped modules, which it must never do")
+    models = {"plain": plain, "base+pack": packed.model}
+    sizes = {"base+pack": packed.config["pack"]["pack_bytes"]}
+    if args.lora and not args.pack:
+        lora_dir = simulated_lora_pack(args.base, task, os.path.join(tmp, "lora"))
+        models["lora"] = packs.load(args.base, lora_dir).model.eval()
+        models["lora merged"] = adapters.merge_and_unload(packs.load(args.base, lora_dir).model).eval()
+        sizes["lora"] = packs.read_pack(lora_dir).manifest["pack_bytes"]
+        sizes["lora merged"] = sum(p.numel() * p.element_size() for p in models["lora merged"].parameters())
+    sizes["plain"] = sum(p.numel() * p.element_size() for p in plain.parameters())
+    return task, models, sizes, packed
+
+
 @exit_on_usage_error
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        pack_dir = args.pack or simulated_pack(args.base, args.task, os.path.join(tmp, "pack"))
-        packed = packs.load(args.base, pack_dir)
-        task = packed.task.name
-        torch.manual_seed(0)
-        plain = load_model(args.base, data.get_task(task)).eval()
-    if structure(plain) != structure(packed.model):
-        raise RuntimeError("the packed model's structure differs from the plain model's: apply_pack added or "
-                           "reshaped modules, which it must never do")
+        task, models, sizes, packed = build_models(args, tmp)
     df, source = sample_texts(task, args.data_dir, args.samples)
     tok = load_tokenizer(args.base)
     enc = encode(tok, df, args.max_seq_length)
-    models = {"plain": plain, "base+pack": packed.model}
     print(f"{args.base} | task {task} | pack {args.pack or '(simulated bitfit)'} | {len(df)} {source} inputs, "
-          f"mean {enc.lengths.mean():.1f} tokens | {args.threads} thread(s) | same architecture: yes "
-          f"({sum(p.numel() for p in plain.parameters()):,} parameters each)")
+          f"mean {enc.lengths.mean():.1f} tokens | {args.threads} thread(s)")
     print(packs.format_summary(packed.config["pack"]))
-    print(f"{'batch':>6} {'model':>10} {'ms/sample':>10} {'samples/s':>10} {'ratio':>7}")
+    print(f"{'batch':>6} {'model':>12} {'ms/sample':>10} {'samples/s':>10} {'ratio':>7} {'bytes on disk':>14}")
     rows = []
     for bs in args.batch_sizes:
         t = benchmark(models, enc, tok.pad_token_id, bs, args.rounds)
         for name, sec in t.items():
             row = {"batch_size": bs, "model": name, "seconds_per_pass": sec, "ms_per_sample": 1e3 * sec / len(df),
-                   "samples_per_sec": len(df) / sec, "ratio_to_plain": sec / t["plain"]}
+                   "samples_per_sec": len(df) / sec, "ratio_to_plain": sec / t["plain"], "bytes": sizes[name]}
             rows.append(row)
-            print(f"{bs:>6} {name:>10} {row['ms_per_sample']:>10.2f} {row['samples_per_sec']:>10.1f} "
-                  f"{row['ratio_to_plain']:>7.3f}")
+            print(f"{bs:>6} {name:>12} {row['ms_per_sample']:>10.2f} {row['samples_per_sec']:>10.1f} "
+                  f"{row['ratio_to_plain']:>7.3f} {sizes[name]:>14,}")
     if args.output:
         atomic_write_json(args.output, {"base": args.base, "pack": args.pack, "task": task, "samples": len(df),
                                         "inputs": source, "threads": args.threads, "rounds": args.rounds,
-                                        "same_architecture": True, "results": rows, "versions": library_versions()})
+                                        "results": rows, "versions": library_versions()})
     return rows
 
 

@@ -34,19 +34,23 @@ PAPER_TASKS = ["qnli", "sst2", "mnli", "cola", "mrpc", "stsb", "rte", "qqp"]  # 
 COLUMNS = ["qnli", "sst2", "mnli_m", "mnli_mm", "cola", "mrpc", "stsb", "rte", "qqp"]
 COLUMN_TITLES = {"qnli": "QNLI", "sst2": "SST-2", "mnli_m": "MNLIm", "mnli_mm": "MNLImm", "cola": "CoLA",
                  "mrpc": "MRPC", "stsb": "STS-B", "rte": "RTE", "qqp": "QQP"}
-METHOD_ORDER = ["Full-FT", "BitFit", "b_m2, b_q", "b_m2", "b_q", "Frozen", "rand uniform", "rand row/col"]
+METHOD_ORDER = ["Full-FT", "BitFit", "b_m2, b_q", "b_m2", "b_q", "Frozen", "rand uniform", "rand row/col", "LoRA", "IA3",
+                "BitFit+LoRA"]
 # The order the paper uses when it names a pair of families ("b_m2, b_q"); the notation is core.config's.
 PAIR_ORDER = ["intermediate", "query", "key", "value", "attention_output", "attention_layernorm", "output",
               "output_layernorm"]
 MNLI_COLUMNS = {"dev_matched": "mnli_m", "dev_mismatched": "mnli_mm"}  # MNLI's dev splits -> table columns
 PAPER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "results", "paper")
 # When a model is not in the chosen paper table (e.g. MiniLM on CPU), compare with this model's rows.
-REFERENCE_MODEL = {1: "bert-large-cased", 2: "bert-base-cased", 3: "bert-base-cased"}
+REFERENCE_MODEL = {1: "bert-large-cased", 2: "bert-base-cased", 3: "bert-base-cased", "lora": "roberta-base"}
+# The LoRA paper's Table 2 (results/paper/lora_table2.csv) reports these tasks on other metrics than BitFit's.
+PAPER_METRICS = {"lora": {"mrpc": "accuracy", "qqp": "accuracy", "stsb": "pearson"}}
 
 
 def method_name(fine_tune_type, bias_terms=None):
     """The paper's row label for a run, from its fine-tune type and bias terms."""
-    fixed = {"full_ft": "Full-FT", "frozen": "Frozen", "rand_uniform": "rand uniform", "rand_row_col": "rand row/col"}
+    fixed = {"full_ft": "Full-FT", "frozen": "Frozen", "rand_uniform": "rand uniform", "rand_row_col": "rand row/col",
+             "lora": "LoRA", "ia3": "IA3", "bitfit_lora": "BitFit+LoRA"}
     if fine_tune_type in fixed:
         return fixed[fine_tune_type]
     if fine_tune_type != "bitfit":
@@ -107,13 +111,14 @@ def load_runs(runs_dir):
     return runs, ignored
 
 
-def run_scores(record, selection):
+def run_scores(record, selection, metric_of=None):
     """{column: headline metric x100} of one RunRecord at the best or last epoch, e.g. {"rte": 66.1} or
-    {"mnli_m": 80.2, "mnli_mm": 81.0}."""
+    {"mnli_m": 80.2, "mnli_mm": 81.0}. `metric_of` {task: metric} reports another metric of that epoch (the best
+    epoch is still the one of the run's own headline metric)."""
     if selection not in ("best", "last"):
         raise UsageError(f"epoch selection {selection!r} is unknown; use 'best' or 'last'")
     metrics = record.best if selection == "best" else record.last
-    key, splits = record.headline_metric, record.eval_splits
+    key, splits = (metric_of or {}).get(record.task, record.headline_metric), record.eval_splits
     if record.task == "mnli":
         return {MNLI_COLUMNS[s]: 100.0 * metrics[s][key] for s in splits if s in MNLI_COLUMNS}
     return {record.task: 100.0 * metrics[splits[0]][key]}
@@ -126,7 +131,7 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(runs, selection="best"):
+def aggregate(runs, selection="best", metric_of=None):
     """One cell per (model, method, task, train_size): best-mean learning rate, then mean/std over its seeds.
 
     Returns {key: cell}; a cell has model, method, task, train_size, lr, seeds, n, scores {column: [per seed]},
@@ -141,13 +146,13 @@ def aggregate(runs, selection="best"):
         summary = {}
         for lr, lr_runs in sorted(by_lr.items()):
             # Select on the split each run picks its best epoch on (MNLI: matched); first column = that split.
-            first = [list(run_scores(r["results"], selection).values())[0] for r in lr_runs]
+            first = [list(run_scores(r["results"], selection, metric_of).values())[0] for r in lr_runs]
             summary[lr] = (statistics.fmean(first), len(lr_runs))
         best_lr = max(sorted(summary), key=lambda lr: summary[lr][0])  # ties -> the smaller lr
         chosen = sorted(by_lr[best_lr], key=lambda r: (str(r["seed"]), r["path"]))
         scores = {}
         for r in chosen:
-            for col, v in run_scores(r["results"], selection).items():
+            for col, v in run_scores(r["results"], selection, metric_of).items():
                 scores.setdefault(col, []).append(v)
         shares = [r["results"].paper_param_share for r in chosen]
         shares = [s for s in shares if s is not None]
@@ -200,17 +205,19 @@ def task_average(values, tasks=None):
 
 def load_paper(table):
     """{(model, method): {"param_share": float, "mean": {column: x}, "std": {column: x}}} of the authors' dev rows."""
-    path = os.path.join(PAPER_DIR, f"table{table}.csv")
+    path = os.path.join(PAPER_DIR, "lora_table2.csv" if table == "lora" else f"table{table}.csv")
     if not os.path.exists(path):
         raise UsageError(f"paper table file {path} is missing; restore results/paper/ from the repository")
     rows = {}
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
-            if r["split"] != "dev" or r["source"] != "own":
+            if r["split"] != "dev" or (table != "lora" and r["source"] != "own"):
                 continue
-            row = rows.setdefault((r["model"], r["method"]), {"param_share": float(r["param_share"]), "mean": {}, "std": {}})
+            share = float(r["param_share"]) if r.get("param_share") else None
+            row = rows.setdefault((r["model"], r["method"]), {"param_share": share, "mean": {}, "std": {},
+                                                                "trainable": r.get("trainable")})
             row["mean"][r["column"]] = float(r["mean"])
-            if r["std"]:
+            if r.get("std"):
                 row["std"][r["column"]] = float(r["std"])
     return rows
 
@@ -264,7 +271,8 @@ def build_table(rows, paper, table):
         cells = []
         shares = [c["param_share"] for c in row.values() if c["param_share"] is not None]
         ours_share = statistics.fmean(shares) if shares else None
-        cells.append(("param", _fmt_share(ours_share), _fmt_share(prow["param_share"]) if prow else None))
+        cells.append(("param", _fmt_share(ours_share),
+                      (_fmt_share(prow["param_share"]) or prow.get("trainable")) if prow else None))
         for col in COLUMNS:
             task = "mnli" if col.startswith("mnli") else col
             cell = row.get(task)
@@ -301,7 +309,10 @@ def _tex(s):
 def render_markdown(rows, cells, paper, table, ignored, selection):
     display = build_table(rows, paper, table)
     sel = {"best": "best dev epoch per run", "last": "last epoch"}[selection]
-    lines = [f"# Dev-set results vs the paper's Table {table}", "",
+    title = ("the LoRA paper's Table 2 (RoBERTa-base; there MRPC and QQP are accuracy, STS-B Pearson, and our cells "
+             "use the same metrics; %Param beside it: trainable parameters without the head)" if table == "lora"
+             else f"the paper's Table {table}")
+    lines = [f"# Dev-set results vs {title}", "",
              f"Cell: ours mean±std over seeds / paper (ours − paper); metrics ×100, the paper's Table 5 metric. "
              f"Epoch selection: {sel}. Learning rate: best mean over seeds per cell. Avg.: 8 tasks, MNLI m/mm "
              f"averaged into one; rows missing tasks average what they have, and the paper's Avg. beside them is "
@@ -364,7 +375,9 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="directory for table.md and table.tex (default: RUNS_DIR)")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best",
                     help="best: each run's best dev epoch (the official code's curves); last: its final epoch")
-    ap.add_argument("--paper-table", choices=["1", "2", "3", "auto"], default="auto")
+    ap.add_argument("--paper-table", choices=["1", "2", "3", "lora", "auto"], default="auto",
+                    help="the table beside ours: the BitFit paper's 1-3, or the LoRA paper's Table 2 (RoBERTa-base "
+                    "BitFit / LoRA / Full-FT, on its metrics); auto picks among 1-3 from the runs")
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a file, or a path under one, is refused in one line
         check_writable(args.out, "--out")
@@ -372,9 +385,11 @@ def main(argv=None):
     if not runs:
         raise UsageError(f"no complete run under {args.runs_dir!r} ({len(ignored)} incomplete/failed); "
                          "run a sweep first (scripts/*.sh) or point at its output directory")
-    cells = aggregate(runs, args.epoch_selection)
+    fixed = None if args.paper_table == "auto" else (args.paper_table if args.paper_table == "lora"
+                                                     else int(args.paper_table))
+    cells = aggregate(runs, args.epoch_selection, PAPER_METRICS.get(fixed))
     rows = table_rows(cells)
-    table = choose_paper_table(rows) if args.paper_table == "auto" else int(args.paper_table)
+    table = choose_paper_table(rows) if fixed is None else fixed
     paper = load_paper(table)
     md = render_markdown(rows, cells, paper, table, ignored, args.epoch_selection)
     out = args.out or args.runs_dir
