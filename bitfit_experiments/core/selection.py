@@ -138,12 +138,15 @@ def _scheme_matches(scheme, bias_names):
 
 
 def naming_scheme(model):
-    """The scheme whose table matches the most base-model biases, or None if no scheme matches any."""
+    """The scheme whose table matches the most base-model biases, its query biases among them; None if none does."""
     base, _ = split_base_head(model)
     biases = [n for n in base if n.endswith("bias")]
     best, best_count = None, 0
     for scheme in NAMING_SCHEMES:
-        count = sum(len(v) for v in _scheme_matches(scheme, biases).values())
+        matches = _scheme_matches(scheme, biases)
+        if not matches["query"]:  # a stray suffix match (ALBERT's `<i>.attention.dense.bias` is GPT-NeoX's b_m1
+            continue              # suffix) is no scheme: every scheme names its layers' query biases
+        count = sum(len(v) for v in matches.values())
         if count > best_count:
             best, best_count = scheme, count
     return best
@@ -332,10 +335,10 @@ def _rand_uniform_masks(params, base, n, seed):
 
 
 def _rand_row_col_masks(model, params, base, seed):
-    """Official random row/column baseline: per body weight matrix one random column (coin flip, or forced when
-    rows < cols) or int(rows/cols) random rows; LayerNorm gains fully; biases and embedding tables frozen.
-    The embeddings LayerNorm gain is a LayerNorm gain too, so it trains; with it the count on BERT equals
-    BitFit's exactly (102,912 on bert-base)."""
+    """Official random row/column baseline: per weight matrix of the encoder and pooler one random column (coin
+    flip, or forced when rows < cols) or int(rows/cols) random rows; their LayerNorm gains fully; biases frozen.
+    As the official code, whose mask covers only encoder and pooler names, nothing under the embeddings trains
+    (tables, position/type tables, and the embeddings LayerNorm gain): 102,144 entries on bert-base."""
     embedding_tables, norm_gains = set(), set()
     for mname, module in model.named_modules():
         for pname, _ in module.named_parameters(recurse=False):
@@ -349,7 +352,9 @@ def _rand_row_col_masks(model, params, base, seed):
     for name in base:
         p = params[name]
         m = torch.zeros(p.shape, dtype=torch.bool)
-        if name in norm_gains and p.dim() == 1:
+        if "embeddings" in name.split("."):
+            pass  # the official mask never reaches the embeddings module
+        elif name in norm_gains and p.dim() == 1:
             m[...] = True
         elif p.dim() == 2 and name not in embedding_tables:
             rows, cols = p.shape
