@@ -18,13 +18,19 @@
 # Env: CPU_WORKERS (2 one-thread runs at a time), EPOCHS, TRAIN_SIZE, PHASES ("pilot seeds others curve"),
 # TASKS, CURVE_SIZES, BUDGET_MINUTES (no run starts after that), RUNS_DIR, OUT_DIR, DATA_DIR, MODEL, DRY_RUN=1
 # (print the first round's commands), and everything of sweep_lib.sh.
+#
+# SLURM=1 submits one round: the planner's current list as job arrays, and a report job after them (the tables,
+# figures and claims of what is complete so far). The next round depends on this round's results, so rerun the same
+# command once its jobs have ended (squeue shows none): it submits the next round, and when the planner has nothing
+# left, only the final report job. Rerunning earlier is safe (running runs are left alone) but queues duplicates.
 EPOCHS="${EPOCHS:-10}"
 CPU_WORKERS="${CPU_WORKERS:-2}"
 EXTRA_ARGS="${EXTRA_ARGS:---no-progress --keep-checkpoint}"
 source "$(dirname "$0")/sweep_lib.sh"
-RUNS_DIR="${RUNS_DIR:-$REPO/results/cpu_repro/runs}"
-OUT_DIR="${OUT_DIR:-$REPO/results/cpu_repro}"
-DATA_DIR="${DATA_DIR:-${GLUE_DIR:-$(cd "$REPO/.." && pwd)/shared/glue}}"  # the real GLUE files beside the repo
+# Absolute: the report steps run from the repository root, SLURM tasks from wherever SLURM starts them.
+RUNS_DIR="$(abs_path "${RUNS_DIR:-$REPO/results/cpu_repro/runs}")"
+OUT_DIR="$(abs_path "${OUT_DIR:-$REPO/results/cpu_repro}")"
+DATA_DIR="$(abs_path "${DATA_DIR:-${GLUE_DIR:-$(cd "$REPO/.." && pwd)/shared/glue}}")"  # the real GLUE files beside the repo
 TRAIN_SIZE="${TRAIN_SIZE:-2000}"
 TASKS="${TASKS-rte mrpc stsb cola sst2}"
 PHASES="${PHASES-pilot seeds others curve}"
@@ -65,6 +71,10 @@ count_complete() {
     echo "$n"
 }
 
+add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3
+add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures"
+add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt"
+
 round=0
 while :; do
     plan_round
@@ -76,7 +86,13 @@ while :; do
     fi
     before="$(count_complete)"
     run_all
-    [[ "$DRY_RUN" == 1 || "$SLURM" == 1 ]] && exit 0
+    if [[ "$DRY_RUN" == 1 || "$SLURM" == 1 ]]; then
+        # One round only: DRY_RUN shows it, SLURM=1 submits it (the next round needs this one's results).
+        if [[ "$SLURM" == 1 && "$DRY_RUN" != 1 && "${SWEEP_DONE:-0}" != 1 ]]; then
+            echo "cpu_repro: round $round submitted; once its jobs have ended (squeue), rerun this command for the next round"
+        fi
+        break
+    fi
     if [[ "$(count_complete)" == "$before" ]]; then
         echo "cpu_repro: this round completed no run (see the .log files beside the runs); stopping" >&2
         SWEEP_DONE=0
@@ -88,8 +104,5 @@ while :; do
         break
     fi
 done
-if [[ "${SWEEP_DONE:-0}" == 1 && "${REPORT:-1}" == 1 ]]; then
-    report "$RUNS_DIR" "$OUT_DIR" --paper-table 3
-    (cd "$REPO" && "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures") || echo "figures failed" >&2
-    (cd "$REPO" && "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt") || echo "claims failed" >&2
-fi
+# Locally: the tables, figures and claims once nothing is left; under SLURM=1 the same steps as a report job.
+run_report

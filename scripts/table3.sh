@@ -3,14 +3,15 @@
 # tasks, the paper's grids (bias-only grid for every method but Full-FT), 5 seeds. Full-FT and BitFit also
 # evaluate the train split each epoch (--eval-train) for the generalization-gap figure (EVAL_TRAIN=0 to skip).
 # Runs: 8 tasks x 8 methods x 4 lrs x 5 seeds = 1280.
-# Usage: [GPUS="0 1"] [DRY_RUN=1] [SLURM=1] [PER_TASK_LR=1] scripts/table3.sh   (see sweep_lib.sh)
+# Usage: [GPUS="0 1"] [DRY_RUN=1] [SLURM=1] [PER_TASK_LR=1] [TASKS=...] [METHODS=...] scripts/table3.sh   (see sweep_lib.sh)
 source "$(dirname "$0")/sweep_lib.sh"
-RUNS_DIR="${RUNS_DIR:-$REPO/results/table3/runs}"
+RUNS_DIR="$(abs_path "${RUNS_DIR:-$REPO/results/table3/runs}")"  # empty: the default
+OUT_DIR="$(abs_path "${OUT_DIR:-$REPO/results/table3}")"
 EVAL_TRAIN="${EVAL_TRAIN:-1}"
-add_grid bert-base-cased bert-base-cased "${METHODS:-$TABLE3_METHODS}" "${TASKS:-$GLUE_TASKS}"
+# TASKS= or METHODS= (set but empty): none of them.
+add_grid bert-base-cased bert-base-cased "${METHODS-$TABLE3_METHODS}" "${TASKS-$GLUE_TASKS}"
+add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3
+add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures"
+add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --out "$OUT_DIR/claims.txt"
 run_all
-report "$RUNS_DIR" "$REPO/results/table3" --paper-table 3
-if [[ "${SWEEP_DONE:-0}" == 1 && "${REPORT:-1}" == 1 ]]; then
-    (cd "$REPO" && "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$REPO/results/table3/figures") || true
-    (cd "$REPO" && "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR") || true
-fi
+run_report

@@ -1,7 +1,6 @@
 """The sweep scripts: dry-run counts equal tasks x methods x lrs x seeds, and the resumable/parallel/SLURM
 machinery, driven with a fake run_glue.py that records its calls (no training) and, for SLURM=1, a fake sbatch that
 copies the batch script into a spool directory as slurmd does (tests/test_slurm.py runs a real SLURM)."""
-import fcntl
 import json
 import os
 import shutil
@@ -10,23 +9,26 @@ import sys
 
 import pytest
 
+from bitfit_experiments.artifacts.lock import RunLock
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Like run_glue.py where the sweeps can tell: it holds an exclusive lock on OUT/.lock for the whole run (exit 2 when
-# another process holds it), refuses a non-empty directory (.lock aside) unless --resume, writes results.json.
+# Like run_glue.py where the sweeps can tell: it holds run_glue.py's own run lock for the whole run (exit 2 when
+# another process holds it), refuses a non-empty directory unless --resume, writes results.json.
 FAKE_RUN_GLUE = r'''
-import fcntl, json, os, sys, time
+import json, os, sys, time
+sys.path.insert(0, os.environ["BITFIT_REPO"])
+from bitfit_experiments.artifacts.lock import RunLock
+from bitfit_experiments.core.errors import UsageError
 args = sys.argv[1:]
 get = lambda flag: args[args.index(flag) + 1]
 out = get("-o")
-os.makedirs(out, exist_ok=True)
-fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT)
 try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-except BlockingIOError:
-    print(f"error: --output-path {out}: another run is writing to it", file=sys.stderr)
+    lock = RunLock(out).acquire()
+except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-if "--resume" not in args and [n for n in os.listdir(out) if n != ".lock"]:
+if "--resume" not in args and os.listdir(out):
     sys.exit(2)  # like run_glue.py: refuses a non-empty output directory
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps(args + ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "")]) + "\n")
@@ -71,14 +73,15 @@ def sweep_env(tmp_path, **env):
     fake.write_text(FAKE_RUN_GLUE)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM") and k != "CUDA_VISIBLE_DEVICES"}
     full_env.update({"PYTHON": sys.executable, "RUN_GLUE": str(fake), "RUNS_DIR": str(tmp_path / "runs"),
-                     "FAKE_LOG": str(tmp_path / "calls.jsonl"), "MODEL": "/fake/minilm", "REPORT": "0"})
+                     "FAKE_LOG": str(tmp_path / "calls.jsonl"), "MODEL": "/fake/minilm", "REPORT": "0",
+                     "BITFIT_REPO": REPO})
     full_env.update(env)
     return full_env
 
 
-def sweep(script, tmp_path, **env):
+def sweep(script, tmp_path, cwd=None, **env):
     return subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=sweep_env(tmp_path, **env),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 def dry_run_lines(script, tmp_path, **env):
@@ -165,39 +168,42 @@ def test_resume_skips_complete_and_redoes_incomplete(tmp_path):
     (runs / "seed1").mkdir(parents=True)
     (runs / "seed1" / "results.json").write_text(json.dumps({"status": "running"}))  # killed mid-run
     (runs / "seed1" / "partial.bin").write_text("x")
+    dir_inode = (runs / "seed1").stat().st_ino
     p = sweep("table3.sh", tmp_path, **env)
     assert p.returncode == 0, p.stderr
     done = calls(tmp_path)
     assert len(done) == 1 and done[0][done[0].index("-s") + 1] == "1"
     assert not (runs / "seed1" / "partial.bin").exists()
+    # emptied, not removed: the directory is what the run lock is on, so a process that opens it meanwhile must meet
+    # the one the sweep locked
+    assert (runs / "seed1").stat().st_ino == dir_inode
     assert "skip (complete)" in p.stdout and "redo (incomplete)" in p.stdout
     sweep("table3.sh", tmp_path, **env)  # everything complete now: nothing runs
     assert len(calls(tmp_path)) == 1
 
 
-def test_a_run_held_by_another_process_is_left_alone_and_a_stale_lock_resumes(tmp_path):
+def test_a_run_held_by_another_process_is_left_alone_and_resumes_once_it_is_gone(tmp_path):
     """The lock of a live run (another worker, array task or submission) keeps the sweep off its directory; once
-    its holder is gone, the lock is stale and the run continues from its checkpoint."""
+    its holder is gone, the run continues from its checkpoint."""
     env = dict(TASKS="rte", SEEDS="0", METHODS="bitfit", LRS_BIAS="1e-3")
     run = tmp_path / "runs" / "bert-base-cased" / "bitfit" / "rte" / "lr1e-3" / "seed0"
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({"status": "running"}))
     (run / "checkpoint.safetensors").write_text("epoch 1")
     (run / "in_progress.bin").write_text("x")
-    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # stands in for the run_glue.py writing there
+    lock = RunLock(str(run)).acquire()  # stands in for the run_glue.py writing there
     try:
         p = sweep("table3.sh", tmp_path, **env)
         assert p.returncode == 0, p.stderr
         assert "another process is running it" in p.stdout and not calls(tmp_path)
-        assert sorted(os.listdir(run)) == [".lock", "checkpoint.safetensors", "in_progress.bin", "results.json"]
+        assert sorted(os.listdir(run)) == ["checkpoint.safetensors", "in_progress.bin", "results.json"]
         # no checkpoint: it would have been redone (emptied) had it not been held
         (run / "checkpoint.safetensors").unlink()
         p = sweep("table3.sh", tmp_path, **env)
         assert "another process is running it" in p.stdout and (run / "in_progress.bin").exists()
         (run / "checkpoint.safetensors").write_text("epoch 1")
     finally:
-        os.close(fd)  # the holder dies: the .lock file stays behind, stale
+        lock.release()  # the holder dies
     p = sweep("table3.sh", tmp_path, **env)
     assert p.returncode == 0, p.stderr
     done = calls(tmp_path)
@@ -347,8 +353,7 @@ def test_slurm_resubmission_skips_complete_runs_and_leaves_running_ones_alone(tm
     held = dry_run_lines("table1.sh", tmp_path, **grid)[1].split(" -o ")[1].split()[0]
     os.makedirs(held)
     open(os.path.join(held, "results.json"), "w").write(json.dumps({"status": "running"}))
-    fd = os.open(os.path.join(held, ".lock"), os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock = RunLock(held).acquire()
     try:
         p = sweep("table1.sh", tmp_path, **env)
         assert p.returncode == 0, p.stderr
@@ -356,30 +361,38 @@ def test_slurm_resubmission_skips_complete_runs_and_leaves_running_ones_alone(tm
         assert array_size(second) == 3 and "3 runs (of 4; 1 already complete)" in p.stdout
         task = run_array_task(second, 0, tmp_path, env)  # its first line is the running run
         assert task.returncode == 0 and "another process is running it" in task.stdout
-        assert sorted(os.listdir(held)) == [".lock", "results.json"]
+        assert os.listdir(held) == ["results.json"]
     finally:
-        os.close(fd)
+        lock.release()
     assert len(calls(tmp_path)) == 1
     for t in (1, 2):
         assert run_array_task(second, t, tmp_path, env).returncode == 0
+    # the held run's process died before a checkpoint: the next submission holds that run alone, and redoes it
+    p = sweep("table1.sh", tmp_path, **env)
+    assert p.returncode == 0 and "1 runs (of 4; 3 already complete)" in p.stdout
+    task = run_array_task(submitted(env)[4], 0, tmp_path, env)
+    assert task.returncode == 0 and "redo (incomplete)" in task.stdout
+    assert [out_dir(c) for c in calls(tmp_path)].count(held) == 1
     # everything complete: no array, only the report job
     p = sweep("table1.sh", tmp_path, **env)
     assert p.returncode == 0 and "all 4 runs" in p.stdout and "report job" in p.stdout
     last = submitted(env)[-1]
-    assert last["script"].endswith("report.sh") and option(last, "--array") is None
-    assert len(calls(tmp_path)) == 3
+    assert len(submitted(env)) == 7 and last["script"].endswith("report.sh") and option(last, "--array") is None
+    assert option(last, "--dependency") is None and len(calls(tmp_path)) == 4
 
 
 def test_slurm_empty_list_and_bad_input(tmp_path, fake_slurm):
-    p = sweep("table3.sh", tmp_path, TASKS="", **fake_slurm)
-    assert p.returncode == 0 and p.stdout.count("\n") == 1 and "empty" in p.stdout
-    assert not submitted(fake_slurm)  # no sbatch --array=0--1
+    p = sweep("table3.sh", tmp_path, TASKS="", REPORT="1", **fake_slurm)
+    assert p.returncode == 0 and p.stdout.count("\n") == 1 and "the run list is empty" in p.stdout
+    assert not submitted(fake_slurm)  # no sbatch --array=0--1, no report job
     p = sweep("table3.sh", tmp_path, TASKS="rte", SLURM_MAX_PARALLEL="two", **fake_slurm)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "SLURM_MAX_PARALLEL" in p.stderr
     p = sweep("table3.sh", tmp_path, TASKS="rte", FAKE_SBATCH_FAIL="Invalid partition name specified",
               SBATCH_ARGS="-p nope", **fake_slurm)
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "Invalid partition name" in p.stderr and "SBATCH_ARGS" in p.stderr and "Traceback" not in p.stderr
+    p = sweep("table3.sh", tmp_path, TASKS="rte", SBATCH_ARGS="--comment='unbalanced", **fake_slurm)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "SBATCH_ARGS has unbalanced quotes" in p.stderr
     bare = tmp_path / "bare_bin"  # a PATH without sbatch (this machine may have a real one)
     bare.mkdir()
     for tool in ("bash", "dirname", "basename", "date"):
@@ -388,8 +401,21 @@ def test_slurm_empty_list_and_bad_input(tmp_path, fake_slurm):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "sbatch is not on PATH" in p.stderr
 
 
+def test_slurm_relative_paths_mean_what_they_meant_at_submission(tmp_path, fake_slurm):
+    """RUNS_DIR=runs-slurm (relative, as in the issue's report): SLURM starts tasks elsewhere, so the run list and
+    the report hold absolute paths, and the jobs start in the submitting directory (for a relative DATA_DIR)."""
+    p = sweep("table1.sh", tmp_path, cwd=tmp_path, RUNS_DIR="runs-slurm", TASKS="rte", SEEDS="0", REPORT="1",
+              **fake_slurm)
+    assert p.returncode == 0, p.stderr
+    jobs = submitted(fake_slurm)
+    assert all(option(j, "--chdir") == str(tmp_path) for j in jobs)
+    runs_txt = open(os.path.join(os.path.dirname(jobs[0]["script"]), "runs.txt")).read().splitlines()
+    assert len(runs_txt) == 8 and all(f" -o {tmp_path}/runs-slurm/bert-large-cased/" in l for l in runs_txt)
+    assert f"{tmp_path}/runs-slurm --out" in open(jobs[-1]["script"]).read()
+
+
 def test_slurm_dry_run_shows_the_submission_and_writes_nothing(tmp_path, fake_slurm):
-    env = dict(fake_slurm, FAKE_MAX_ARRAY="1001")
+    env = dict(fake_slurm, FAKE_MAX_ARRAY="1001", REPORT="1")
     lines = dry_run_lines("table3.sh", tmp_path, **env)  # 1280 runs
     assert [l.split(" --array=")[1].split()[0] for l in lines[:2]] == ["0-1000", "0-278"]
     assert lines[1].endswith("task.sh 1001") and "--dependency=afterany:ARRAY1:ARRAY2" in lines[2]
