@@ -11,6 +11,7 @@
 #   EPOCHS=16 BATCH=16 SEEDS="0 1 2 3 4"   the paper's batch size, the official code's epochs, 5 seeds
 #   TASKS="..."        restrict the GLUE tasks (set but empty: none)
 #   LRS_FULL / LRS_BIAS   the paper's grids, {1,2,3,5}e-5 for Full-FT and {1,4,7,10}e-4 for everything else
+#   LRS_LORA / LRS_IA3    grids of the peft methods (lora and bitfit_lora; ia3), see scripts/table_peft.sh
 #   PER_TASK_LR=1      bias-only methods use the paper's per-task BitFit rate (results/paper/table6_lr.csv)
 #   BUDGET_MINUTES=N   stop starting new runs N minutes after the sweep began (the run list is in priority order)
 #   DATA_DIR=path      local GLUE files (--data-dir); MAX_SEQ_LENGTH; EXTRA_ARGS (appended to every run)
@@ -57,9 +58,12 @@ MAX_SEQ_LENGTH="${MAX_SEQ_LENGTH:-128}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 LRS_FULL="${LRS_FULL:-1e-5 2e-5 3e-5 5e-5}"
 LRS_BIAS="${LRS_BIAS:-1e-4 4e-4 7e-4 1e-3}"
+LRS_LORA="${LRS_LORA:-2e-4 4e-4 5e-4 1e-3}"  # around the LoRA paper's RoBERTa-base rates (4e-4, 5e-4)
+LRS_IA3="${LRS_IA3:-1e-3 3e-3 1e-2}"         # around T-Few's IA3 rate (3e-3)
 GLUE_TASKS="qnli sst2 mnli cola mrpc stsb rte qqp"  # the paper's 8 (WNLI excluded, as in the paper)
 KNOWN_TASKS="cola mnli mrpc qnli qqp rte sst2 stsb wnli"
 TABLE3_METHODS="full_ft bitfit bm2_bq bm2 bq frozen rand_uniform rand_row_col"
+PEFT_METHODS="lora ia3 bitfit_lora"  # built on peft; not in the paper (scripts/table_peft.sh)
 
 RUN_DIRS=()
 RUN_CMDS=()
@@ -92,8 +96,8 @@ method_flags() {
         bm2_bq) echo "-f bitfit --bias-terms intermediate query" ;;
         bm2) echo "-f bitfit --bias-terms intermediate" ;;
         bq) echo "-f bitfit --bias-terms query" ;;
-        frozen | rand_uniform | rand_row_col) echo "-f $1" ;;
-        *) echo "error: unknown method tag '$1'; use one of: $TABLE3_METHODS" >&2; return 2 ;;
+        frozen | rand_uniform | rand_row_col | lora | ia3 | bitfit_lora) echo "-f $1" ;;
+        *) echo "error: unknown method tag '$1'; use one of: $TABLE3_METHODS $PEFT_METHODS" >&2; return 2 ;;
     esac
 }
 
@@ -103,6 +107,10 @@ lrs_for() {
     local model="$1" method="$2" task="$3"
     if [[ "$method" == full_ft ]]; then
         echo "$LRS_FULL"
+    elif [[ "$method" == lora || "$method" == bitfit_lora ]]; then
+        echo "$LRS_LORA"
+    elif [[ "$method" == ia3 ]]; then
+        echo "$LRS_IA3"
     elif [[ "$PER_TASK_LR" == 1 ]]; then
         local lr
         lr="$(awk -F, -v t="$task" -v m="$model" '$1 == t && $2 == m {print $4}' "$REPO/results/paper/table6_lr.csv")"

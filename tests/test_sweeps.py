@@ -104,6 +104,7 @@ def out_dir(call):
     ("table2.sh", 8 * 2 * 4 * 5 * 2 + 8 * 2 * 1 * 5),  # RoBERTa-base: one fixed rate per method
     ("table3.sh", 8 * 8 * 4 * 5),
     ("train_size_curve.sh", 7 * 2 * 4 * 5),            # 7 training sizes
+    ("table_peft.sh", 8 * (4 + 4 + 4 + 3 + 4) * 5),      # Full-FT, BitFit, LoRA, IA3 (3 rates), BitFit+LoRA
     ("cpu_repro.sh", 5 * 2 * 2),                        # the planner's first round: the pilot's 2 rates per method
 ])
 def test_dry_run_counts(script, expected, tmp_path):
@@ -432,3 +433,14 @@ def test_cpu_repro_submits_one_round(tmp_path, fake_slurm):
     assert all(f"bitfit_experiments.{m}" in report_sh for m in ("tables", "figures", "claims"))
     assert run_array_task(jobs[0], 19, tmp_path, fake_slurm).returncode == 0
     assert "/sst2-n2000/lr5e-5/seed0" in out_dir(calls(tmp_path)[0])
+
+
+def test_peft_sweep_uses_each_methods_grid(tmp_path):
+    lines = dry_run_lines("table_peft.sh", tmp_path, TASKS="rte", SEEDS="0")
+    rates = {}
+    for line in lines:
+        words = line.split()
+        rates.setdefault(words[words.index("-f") + 1], set()).add(words[words.index("-l") + 1])
+    assert rates == {"full_ft": {"1e-5", "2e-5", "3e-5", "5e-5"}, "bitfit": {"1e-4", "4e-4", "7e-4", "1e-3"},
+                     "lora": {"2e-4", "4e-4", "5e-4", "1e-3"}, "bitfit_lora": {"2e-4", "4e-4", "5e-4", "1e-3"},
+                     "ia3": {"1e-3", "3e-3", "1e-2"}}

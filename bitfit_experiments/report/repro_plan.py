@@ -9,8 +9,8 @@ answer depends on what is complete, so the learning-rate pilot grows as its resu
    beyond it (above: the grid's top spacing, 1.3e-3 and 7e-5; below: its bottom ratio, 2.5e-5 and 5e-6) and no
    further. "Best" = the best-epoch dev headline metric; ties go to the higher last-epoch score, then the lower rate.
 2. seeds: BitFit and Full-FT at their best pilot rate with the remaining seeds (1, 2).
-3. others: every other Table-3 method, seed 0, at BitFit's best pilot rate on that task (the pilot covers BitFit
-   and Full-FT only; the other bias-only, random and frozen rows share the bias-only grid).
+3. others: every other Table-3 method, and LoRA, IA3 and BitFit+LoRA, seed 0, at BitFit's best pilot rate on that
+   task (the pilot covers BitFit and Full-FT only; the other rows share the bias-only grid).
 4. curve: BitFit and Full-FT on SST-2 at several training sizes, 3 seeds, at their SST-2 best pilot rate.
 
 A phase's runs appear as soon as what they depend on is known, so the workers are never idle waiting for a whole
@@ -25,7 +25,7 @@ import sys
 BIAS_GRID = (1e-4, 4e-4, 7e-4, 1e-3)
 FULL_GRID = (1e-5, 2e-5, 3e-5, 5e-5)
 PILOT_START = {"bias": (4e-4, 1e-3), "full": (2e-5, 5e-5)}
-OTHER_METHODS = ("bm2_bq", "bm2", "bq", "frozen", "rand_uniform", "rand_row_col")
+OTHER_METHODS = ("bm2_bq", "bm2", "bq", "frozen", "rand_uniform", "rand_row_col", "lora", "ia3", "bitfit_lora")
 HEADLINE = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "stsb": "spearmanr", "rte": "accuracy",
             "qnli": "accuracy", "qqp": "f1", "mnli": "accuracy", "wnli": "accuracy"}
 
