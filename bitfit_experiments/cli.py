@@ -45,7 +45,9 @@ def _official_flags(p):
                    "--list-params)")
     g.add_argument("--task-name", "-t", choices=sorted(TASKS), metavar="TASK",
                    help="GLUE task: " + ", ".join(sorted(TASKS)))
-    g.add_argument("--model-name", "-m", help="any Hugging Face hub id or local directory of an encoder")
+    g.add_argument("--model-name", "-m", help="any Hugging Face hub id or local directory of an encoder, or of a "
+                   "decoder that AutoModelForSequenceClassification loads (GPT-2, BLOOM, OPT, Pythia, Qwen2, ...; "
+                   "a tokenizer without a pad token pads with its EOS token)")
     g.add_argument("--allow-weight-mismatch", action="store_true",
                    help="train even when the checkpoint lacks encoder weights the architecture has (they would be "
                    "random) or holds weights it does not use; by default that is refused as a broken model folder")
