@@ -11,7 +11,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from .artifacts.io import check_writable
-from .core.config import BIAS_TERMS, FINE_TUNE_TYPES, LORA_TARGETS, RunConfig
+from .core.config import BIAS_TERMS, FINE_TUNE_TYPES, LORA_TARGETS, PORTABLE_CPU_ENV, RunConfig
 from .core.data import TASKS
 from .core.errors import UsageError, exit_on_usage_error
 
@@ -117,6 +117,10 @@ def _training_flags(p):
                    help="keep the last epoch's checkpoint when the run completes, so that it can later be trained "
                    "longer: --resume with a larger --epochs continues it, and (constant schedule) the result is "
                    "bit-identical to a run started with that many epochs")
+    t.add_argument("--cpu-numerics", choices=["portable", "native"],
+                   help="portable: the AVX2 code paths of MKL and ATen on every x86-64 CPU (MKL_CBWR=AVX2, "
+                   "ATEN_CPU_CAPABILITY=avx2), so a run re-runs bit-identically on another CPU type; native: the "
+                   "fastest paths of this CPU (e.g. AVX-512, AMX for bf16), whose last digits differ between CPUs")
     t.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
 
 
@@ -212,6 +216,9 @@ def main(argv=None):
     # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made every small op
     # wait 8-16 ms for the other thread here. Must be set before torch is imported; the user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if config.cpu_numerics == "portable":
+        for key, value in PORTABLE_CPU_ENV.items():
+            os.environ.setdefault(key, value)
     from .experiment import list_params, run  # heavy imports only after the flags are known to be good
     if config.list_params:
         return list_params(config)

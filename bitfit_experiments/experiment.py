@@ -35,7 +35,7 @@ from .core.config import ADAPTER_TYPES, PAPER_NOTATION, RESUME_NEUTRAL, RunConfi
 from .core.decoders import pair_pad_token
 from .core.errors import UsageError, first_line
 from .core.features import cache_features, predict_head_logits, train_head_epoch
-from .core.model import load_model, load_tokenizer, model_identity, peak_memory_mb, resolve_device
+from .core.model import cpu_numerics, load_model, load_tokenizer, model_identity, peak_memory_mb, resolve_device
 from .core.trainer import build_optimizer, build_scheduler, epoch_generator, predict_logits, set_seed, train_epoch
 from .report.plots import plot_bias_heatmap, plot_learning_curves
 
@@ -383,6 +383,7 @@ def _write_config(run_):
     atomic_write_json(os.path.join(run_.out, "config.json"), {
         "args": run_.config.to_dict(), "model": model_identity(run_.config.model_name),
         "versions": library_versions(), "device": str(run_.device), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_numerics(),
         "command": " ".join(sys.argv)})
     atomic_write_json(os.path.join(run_.out, "params.json"), run_.report)
     run_.save_record()

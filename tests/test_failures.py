@@ -111,3 +111,18 @@ def test_rerun_from_config_is_bit_identical_and_checks_the_model(tmp_path, tiny_
     from bitfit_experiments import cli
     c = cli.parse_config(["--config", cfg, "-o", str(tmp_path / "y"), "-e", "5"])
     assert c.epochs == 5 and c.seed == 5 and c.data_dir == glue and not c.resume
+
+
+def test_portable_cpu_numerics_are_the_default_and_recorded(tmp_path, tiny_model_dir):
+    """The AVX2 code paths by default (a run re-runs bit-identically on another x86-64 CPU); native on request."""
+    glue = write_tiny_rte(str(tmp_path / "glue"), n_train=8, n_dev=8, n_test=4)
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "ATEN_CPU_CAPABILITY")}
+    for numerics, want in (("portable", "AVX2"), ("native", None)):
+        out = tmp_path / numerics
+        proc = subprocess.run(_cmd(out, tiny_model_dir, glue, "-e", "1", "--cpu-numerics", numerics), env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        cpu = json.loads((out / "config.json").read_text())["cpu"]
+        assert cpu["MKL_CBWR"] == want
+        if want:
+            assert cpu["aten_capability"] == "AVX2" and cpu["ATEN_CPU_CAPABILITY"] == "avx2"

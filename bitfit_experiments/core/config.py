@@ -28,6 +28,10 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SEED_MAX = 2**32 - 1  # numpy's seed range
+# --cpu-numerics portable: the CPU code paths every x86-64 machine with AVX2 runs alike, so that a run re-runs
+# bit-identically on another CPU type (measured: a Full-FT run made on an AVX2 machine differs in the 7th digit of
+# its loss on an AVX-512 one unless both use these). Set before torch is imported; a user's own setting wins.
+PORTABLE_CPU_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 # Flags that may differ between a run and its continuation (--resume) without changing a number it computes.
 RESUME_NEUTRAL = frozenset({"resume", "checkpoint", "keep_checkpoint", "verbose", "no_progress", "gpu_device",
@@ -74,6 +78,7 @@ class RunConfig:
     checkpoint: bool = True
     keep_checkpoint: bool = False
     no_progress: bool = False
+    cpu_numerics: str = "portable"
 
     def __post_init__(self):
         self.bias_terms = list(self.bias_terms)
@@ -110,6 +115,7 @@ class RunConfig:
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("--precision", self.precision, PRECISIONS)
+        _choice("--cpu-numerics", self.cpu_numerics, ("portable", "native"))
         if not self.list_params and not self.output_path:
             raise UsageError("--output-path/-o is required (a new or empty directory for the results)")
         self._check_numbers()

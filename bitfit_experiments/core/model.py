@@ -8,6 +8,7 @@ Layer: core.
 import hashlib
 import logging
 import os
+import platform
 import resource
 import sys
 import warnings
@@ -250,6 +251,19 @@ def _local_label(folder):
     base = os.path.basename(os.path.normpath(folder))
     parent = os.path.basename(os.path.dirname(os.path.normpath(folder)))
     return parent if base == "model" and parent else base
+
+
+def cpu_numerics():
+    """What decides the last digits of a CPU run, recorded in config.json: the CPU, the ATen code path in use, and
+    MKL's reproducibility mode (see --cpu-numerics)."""
+    name = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return {"model": name, "aten_capability": torch.backends.cpu.get_cpu_capability(),
+            "MKL_CBWR": os.environ.get("MKL_CBWR"), "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY")}
 
 
 def peak_memory_mb(device):
