@@ -164,3 +164,13 @@ def test_a_target_family_the_architecture_lacks_is_refused(monkeypatch):
     monkeypatch.setitem(selection.NAMING_SCHEMES["bert"], "key", "attention.self.k_renamed.bias")
     with pytest.raises(UsageError, match="--lora-targets key: this model has no key projection"):
         adapters.target_modules(model, ["query", "key"])
+
+
+def test_lora_on_a_fused_qkv_projection_needs_all_three_families():
+    """GPT-2 computes q, k and v in one c_attn: 'query value' (the default) cannot be honoured exactly, so refuse."""
+    model = T.GPT2ForSequenceClassification(T.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=40,
+                                                         bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    with pytest.raises(UsageError, match="one fused projection"):
+        adapters.target_modules(model, ["query", "value"])
+    assert adapters.target_modules(model, ["query", "key", "value"]) == ["transformer.h.0.attn.c_attn",
+                                                                          "transformer.h.1.attn.c_attn"]

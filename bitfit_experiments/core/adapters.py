@@ -31,11 +31,18 @@ def is_adapter_param(name):
 def target_modules(model, families):
     """Full module names of the Linear layers of each target family, e.g. 'bert.encoder.layer.3.attention.self.query'
     for `query`. The family's bias suffix in the model's naming scheme, without '.bias', is the module suffix."""
-    from .selection import NAMING_SCHEMES, naming_scheme
+    from .selection import FUSED_QKV, NAMING_SCHEMES, QKV_FAMILIES, naming_scheme
     scheme = naming_scheme(model)
     if scheme is None:
         raise UsageError("--lora-targets: this model's parameter names match no known naming scheme "
                          f"({', '.join(NAMING_SCHEMES)}); LoRA targets cannot be mapped on this architecture")
+    qkv = [f for f in families if f in QKV_FAMILIES]
+    if scheme in FUSED_QKV and qkv:
+        if set(qkv) != set(QKV_FAMILIES):  # one fused projection: a LoRA on it adapts q, k and v together
+            raise UsageError(f"--lora-targets {' '.join(qkv)}: this model computes query, key and value in one fused "
+                             f"projection, so LoRA cannot adapt {' and '.join(qkv)} alone; pass --lora-targets query "
+                             f"key value (one LoRA on the fused projection)")
+        families = [f for f in families if f not in ("key", "value")]  # the fused module, once
     modules = [name for name, _ in model.named_modules()]
     out = []
     for fam in families:
