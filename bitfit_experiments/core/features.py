@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import batch_order, collate
+from .batching import Encoded, batch_order, collate
 from .trainer import autocast_context, predict_logits, to_device, train_epoch
 
 
@@ -134,6 +134,12 @@ def cache_features(model, enc, *, batch_size, device, pad_token_id, precision="f
 
 @torch.no_grad()
 def _check_head_reads_cached(model, enc, n, device, pad_token_id):
+    # The n longest examples: a head that reads a later token (e.g. the last one) agrees with the first-token cache
+    # on one-token examples, so short ones would prove nothing.
+    picked = np.argsort(-np.asarray(enc.lengths), kind="stable")[:n].tolist()
+    enc = Encoded([enc.input_ids[i] for i in picked],
+                  None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in picked],
+                  enc.labels[torch.as_tensor(picked, dtype=torch.long)], np.asarray(enc.lengths)[picked])
     indices = list(range(n))
     full = model(**{k: v for k, v in to_device(collate(enc, indices, pad_token_id), device).items()
                     if k != "labels"}).logits.float()
