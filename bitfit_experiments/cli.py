@@ -213,15 +213,25 @@ def main(argv=None):
     config = parse_config(argv)
     if not config.list_params:
         check_writable(config.output_path, "--output-path")
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made every small op
-    # wait 8-16 ms for the other thread here. Must be set before torch is imported; the user's setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if config.cpu_numerics == "portable":
-        for key, value in PORTABLE_CPU_ENV.items():
-            os.environ.setdefault(key, value)
+    set_process_environment(config)
     from .experiment import list_params, run  # heavy imports only after the flags are known to be good
     if config.list_params:
         return list_params(config)
+    launch(run, config)
+
+
+def set_process_environment(config):
+    """What must be set before torch is imported (the user's own settings win)."""
+    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made every small op
+    # wait 8-16 ms for the other thread here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if getattr(config, "cpu_numerics", "portable") == "portable":
+        for key, value in PORTABLE_CPU_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def launch(run, config):
+    """Run; Ctrl-C/SIGTERM end with exit 130, a run recorded as failed with exit 1 and its reason on one line."""
     try:
         record = run(config)
     except KeyboardInterrupt:

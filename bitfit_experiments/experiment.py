@@ -79,15 +79,21 @@ def run(config):
     """Train and evaluate one configuration (its output directory locked for the duration); returns its RunRecord."""
     if config.list_params:
         raise ValueError("--list-params trains nothing: call list_params(config)")
+    return execute(config, _check_output, prepare, _write_config, fit, write_artifacts)
+
+
+def execute(config, check_output, prepare, write_config, fit, write_artifacts):
+    """The life of every run (run_glue's and run_instruct's): lock the output directory, check it, prepare, write
+    the config, fit and write the artifacts, with any failure or signal recorded. Returns the run's record."""
     created = not os.path.exists(config.output_path)
     lock = RunLock(config.output_path).acquire()  # one run per output directory
     try:
-        previous = _check_output(config)
+        previous = check_output(config)
         if previous is not None and previous.complete and previous.last_epoch >= config.epochs:
             print(f"{config.output_path}: this run is already complete; nothing to do")
             return previous
         run_ = prepare(config, previous)
-        _write_config(run_)
+        write_config(run_)
         with _recording_failures(run_):
             fit(run_)
             write_artifacts(run_)
@@ -161,7 +167,7 @@ def _check_output(config):
         shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, a, b in diff[:3])
         raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
                          f"flags or use a new output directory")
-    _remove_leftover_temporaries(out)
+    remove_leftover_temporaries(out)
     try:
         return RunRecord.load(out)
     except RecordError:
@@ -421,7 +427,7 @@ def _raise_interrupt(signum, _frame):
 _TEMPORARY = re.compile(r"^\..+(\.tmp|\.[A-Za-z0-9_]{8})$")  # atomic_open's files, atomic_directory's folders
 
 
-def _remove_leftover_temporaries(out):
+def remove_leftover_temporaries(out):
     """Half-written temporaries of a killed write (never the targets themselves, which are replaced by rename)."""
     for name in os.listdir(out):
         if _TEMPORARY.match(name):

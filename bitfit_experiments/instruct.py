@@ -20,7 +20,6 @@ from .artifacts import lm_pack, packs
 from .artifacts.checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
 from .artifacts.instruct_record import InstructEpoch, InstructRecord
 from .artifacts.io import atomic_write_json, atomic_write_text, library_versions
-from .artifacts.lock import RunLock
 from .artifacts.record import PackSummary, RecordError, load_config_args
 from .core import instruct_data, selection
 from .core.causal_lm import greedy_generate, lm_eval_loss, lm_train_epoch, load_causal_lm, select_for_lm
@@ -30,7 +29,7 @@ from .core.instruct_config import INSTRUCT_RESUME_NEUTRAL, InstructConfig
 from .core.model import load_tokenizer, model_identity, peak_memory_mb, resolve_device
 from .core.trainer import build_optimizer, build_scheduler, epoch_generator, set_seed
 # The GLUE run's failure recording and clean-up of half-written temporaries, shared on purpose: one behaviour.
-from .experiment import _recording_failures, _remove_leftover_temporaries
+from .experiment import execute, remove_leftover_temporaries
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -64,26 +63,7 @@ class InstructRun:
 
 def run(config):
     """Train one configuration (its output directory locked for the duration); returns its InstructRecord."""
-    created = not os.path.exists(config.output_path)
-    lock = RunLock(config.output_path).acquire()
-    try:
-        previous = _check_output(config)
-        if previous is not None and previous.complete and previous.last_epoch >= config.epochs:
-            print(f"{config.output_path}: this run is already complete; nothing to do")
-            return previous
-        run_ = prepare(config, previous)
-        _write_config(run_)
-        with _recording_failures(run_):
-            fit(run_)
-            write_artifacts(run_)
-        return run_.record
-    except UsageError:
-        if created and not os.listdir(config.output_path):  # refused before writing anything: leave no trace
-            lock.release()
-            os.rmdir(config.output_path)
-        raise
-    finally:
-        lock.release()
+    return execute(config, _check_output, prepare, _write_config, fit, write_artifacts)
 
 
 def _check_output(config):
@@ -108,7 +88,7 @@ def _check_output(config):
         shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, a, b in diff[:3])
         raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
                          f"flags or use a new output directory")
-    _remove_leftover_temporaries(out)
+    remove_leftover_temporaries(out)
     try:
         return InstructRecord.load(out)
     except RecordError:

@@ -5,12 +5,10 @@ Layer: run. It only turns text into a validated InstructConfig (core/instruct_co
 lives) and hands it to instruct.run. Mistakes end with one line on stderr and exit code 2.
 """
 import argparse
-import os
-import sys
 from dataclasses import MISSING, fields
 
 from .artifacts.io import check_writable
-from .cli import OneLineParser
+from .cli import OneLineParser, launch, set_process_environment
 from .core.config import BIAS_TERMS, OPTIMIZERS, PRECISIONS
 from .core.errors import exit_on_usage_error
 from .core.instruct_config import INSTRUCT_TYPES, InstructConfig
@@ -76,14 +74,6 @@ def parse_config(argv=None):
 def main(argv=None):
     config = parse_config(argv)
     check_writable(config.output_path, "--output-path")
-    # Idle OpenMP threads sleep instead of spinning (see cli.main); set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_process_environment(config)
     from .instruct import run  # heavy imports only after the flags are known to be good
-    try:
-        record = run(config)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    if record is not None and record.status == "failed":
-        print(f"error: run failed: {record.failure_reason}", file=sys.stderr)
-        sys.exit(1)
+    launch(run, config)

@@ -5,13 +5,11 @@ metric, dev splits) and therefore not reused as is; the statuses, PackSummary an
 `kind: "instruct"` tells the two files apart: RunRecord.load refuses this record (unknown fields), so GLUE tables and
 sweeps that walk a directory skip it with a reason instead of misreading it.
 """
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 
 from .io import atomic_write_json
-from .record import STATUSES, PackSummary, RecordError
+from .record import STATUSES, PackSummary, RecordError, read_record
 
 INSTRUCT_SCHEMA_VERSION = 1
 
@@ -101,16 +99,4 @@ class InstructRecord:
     @classmethod
     def load(cls, path):
         """The record in `path` (a results.json, or a run directory). Raises RecordError with the reason."""
-        if os.path.isdir(path):
-            path = os.path.join(path, "results.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, UnicodeDecodeError) as e:
-            raise RecordError(f"cannot read {path} ({type(e).__name__})") from None
-        except ValueError:
-            raise RecordError(f"{path} is not valid JSON (damaged or half-written)") from None
-        try:
-            return cls.from_dict(d)
-        except RecordError as e:
-            raise RecordError(f"{path}: {e}") from None
+        return read_record(cls, path)

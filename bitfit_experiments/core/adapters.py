@@ -77,7 +77,7 @@ def spec_config(adapter_spec):
 def inject(model, config):
     """Add the run's adapters to `model` in place (before training; after the head was initialised, so the head
     draws the same random numbers as every other type). LoRA's A matrices draw from the seeded torch RNG."""
-    from peft import IA3Config, LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model
     if config.fine_tune_type in ("lora", "bitfit_lora"):
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=target_modules(model, config.lora_targets), bias="none")

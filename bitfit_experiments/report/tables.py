@@ -20,7 +20,6 @@ Layer: report.
 """
 import argparse
 import csv
-import json
 import math
 import os
 import statistics
