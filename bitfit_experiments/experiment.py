@@ -29,7 +29,7 @@ from .artifacts.io import atomic_write_json, atomic_write_text, library_versions
 from .artifacts.lock import RunLock
 from .artifacts.record import EpochRecord, PackSummary, RecordError, RunRecord, load_config_args
 from .artifacts.submission import write_server_file
-from .core import adapters, data, metrics, selection
+from .core import adapters, data, metrics, packed, selection
 from .core.batching import collate, encode
 from .core.config import ADAPTER_TYPES, PAPER_NOTATION, RESUME_NEUTRAL, RunConfig
 from .core.decoders import pair_pad_token
@@ -227,6 +227,13 @@ def _data_path(run_, train_enc, eval_encs):
         padded = partial(collate, pad_to=c.max_seq_length)
         run_.train_fn, run_.predict_fn = partial(train_epoch, collate_fn=padded), partial(predict_logits,
                                                                                           collate_fn=padded)
+    if c.batch_layout == "packed":  # the same batches, end to end without padding (core/packed.py)
+        gap = packed.support(run_.model, train_enc, run_.tokenizer.pad_token_id)
+        if gap is None:
+            run_.train_fn, run_.predict_fn = packed.train_epoch_packed, packed.predict_logits_packed
+        else:  # config.json (written after prepare) records the layout actually used
+            print(f"note: --batch-layout packed does not fit this model ({gap}); using padded batches", flush=True)
+            c.batch_layout = "padded"
     if c.fine_tune_type != "frozen" or not c.cache_features:
         return
     try:
@@ -237,6 +244,9 @@ def _data_path(run_, train_enc, eval_encs):
                           for s, e in eval_encs.items()}
         run_.train_fn, run_.predict_fn = train_head_epoch, predict_head_logits
         run_.record.cached_features = True
+        if c.batch_layout == "packed":  # the head trains on cached features: no token batches to lay out
+            print("note: frozen features are cached, so --batch-layout packed does not apply; recorded as padded")
+            c.batch_layout = "padded"
     except ValueError as e:  # a head that reads more than what is cached: use the plain loop
         print(f"note: {e}; the frozen encoder runs every step", flush=True)
 

@@ -27,6 +27,7 @@ PAPER_NOTATION = {  # paper Table 4
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
+BATCH_LAYOUTS = ("padded", "packed")  # packed: core/packed.py; a config.json without the field is padded
 SEED_MAX = 2**32 - 1  # numpy's seed range
 # --cpu-numerics portable: the CPU code paths every x86-64 machine with AVX2 runs alike, so that a run re-runs
 # bit-identically on another CPU type (measured: a Full-FT run made on an AVX2 machine differs in the 7th digit of
@@ -63,6 +64,7 @@ class RunConfig:
     eval_batch_size: int = 64
     pad_to_max_length: bool = False
     group_by_length: bool = False
+    batch_layout: str = "padded"
     rand_mask_size: int | None = None
     lora_r: int = 8
     lora_alpha: float = 8.0
@@ -116,6 +118,9 @@ class RunConfig:
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("--precision", self.precision, PRECISIONS)
         _choice("--cpu-numerics", self.cpu_numerics, ("portable", "native"))
+        _choice("--batch-layout", self.batch_layout, BATCH_LAYOUTS)
+        if self.batch_layout == "packed" and self.pad_to_max_length:
+            raise UsageError("--batch-layout packed pads nothing, --pad-to-max-length pads everything; drop one")
         if not self.list_params and not self.output_path:
             raise UsageError("--output-path/-o is required (a new or empty directory for the results)")
         self._check_numbers()
