@@ -34,13 +34,15 @@ def test_all_three_figures(tmp_path):
     out = str(tmp_path / "fig")
     written = figures.make_figures(r, out)
     names = sorted(os.path.basename(p) for p in written)
-    assert names == ["bias_change_bert-base-cased_rte.png", "generalization_gap_bert-base-cased_rte.png",
-                     "train_size_bert-base-cased_rte.png"]
+    assert names == ["bias_change_bert-base-cased_rte.png", "dev_curve_bert-base-cased_rte.png",
+                     "generalization_gap_bert-base-cased_rte.png", "train_size_bert-base-cased_rte.png"]
     assert all(is_png(p) for p in written)
     with open(os.path.join(out, "bias_change_bert-base-cased_rte.json")) as f:
         avg = json.load(f)
     assert avg["seeds"] == 2 and avg["learning_rate"] == 1e-3
     assert avg["families"]["query"] == [1.5, 3.0, 4.5]  # mean of scales 1 and 2, the 1e-4 run left out
+    table = open(os.path.join(out, "train_size_bert-base-cased_rte.md")).read()
+    assert "| 100 | 46.0 ± 0.0 (2 seeds, lr 2e-05) | 51.0 ± 0.0 (2 seeds, lr 0.001) | +5.0 |" in table
 
 
 def test_nothing_to_draw_is_not_an_error(tmp_path, capsys):
@@ -55,4 +57,16 @@ def test_subset_trained_task_still_gets_its_heatmap(tmp_path):
     r = str(tmp_path / "runs")
     make_run(r, "s", "sst2", "bitfit", 1e-3, 0, [0.8], train_size=2000, bias_changes=changes(1.0))
     written = figures.make_figures(r, str(tmp_path / "fig"))
-    assert [os.path.basename(p) for p in written] == ["bias_change_bert-base-cased_sst2.png"]
+    assert [os.path.basename(p) for p in written] == ["bias_change_bert-base-cased_sst2.png",
+                                                      "dev_curve_bert-base-cased_sst2.png"]
+
+
+def test_dev_curve_is_the_mean_and_std_over_seeds_per_epoch(tmp_path):
+    from bitfit_experiments.report import tables
+    r = str(tmp_path / "runs")
+    for seed, dev in ((0, [0.50, 0.60, 0.70]), (1, [0.54, 0.62, 0.70]), (2, [0.52, 0.64, 0.70])):
+        make_run(r, f"b/{seed}", "rte", "bitfit", 1e-3, seed, dev)
+    runs, _ = tables.load_runs(r)
+    records = [x["results"] for x in runs]
+    assert [round(v, 6) for v in figures._curve(records, "dev")] == [52.0, 62.0, 70.0]
+    assert [round(v, 6) for v in figures._curve_std(records, "dev")] == [2.0, 2.0, 0.0]

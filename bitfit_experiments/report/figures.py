@@ -19,7 +19,7 @@ import statistics
 
 from . import tables
 from ..core.errors import UsageError, exit_on_usage_error
-from ..artifacts.io import atomic_save_figure, atomic_write_json, check_writable
+from ..artifacts.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable
 
 
 def _plt():
@@ -91,6 +91,7 @@ def training_size_curves(cells, results_by_path, out):
         if len({c["train_size"] for c in group}) < 2:
             continue  # not a training-size sweep
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        table = {}
         for method, style in (("Full-FT", "o-"), ("BitFit", "s-")):
             points = []
             for c in group:
@@ -98,6 +99,7 @@ def training_size_curves(cells, results_by_path, out):
                     # the true number of examples trained on (a "full" run records its whole training set)
                     n = results_by_path[c["runs"][0]].num_train_examples or c["train_size"]
                     points.append((n, *_headline(c)))
+                    table.setdefault(n, {})[method] = (*_headline(c), c["n"], c["lr"])
             if points:
                 points.sort()
                 xs, ys, es = zip(*points)
@@ -110,7 +112,22 @@ def training_size_curves(cells, results_by_path, out):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         written.append(_save(plt, fig, os.path.join(out, "train_size_" + _slug(model, task) + ".png")))
+        atomic_write_text(os.path.join(out, "train_size_" + _slug(model, task) + ".md"),
+                          _train_size_table(model, task, results_by_path[group[0]["runs"][0]].headline_metric, table))
     return written
+
+
+def _train_size_table(model, task, metric, table):
+    """The training-size curve as numbers: per size, each method's mean ± std over seeds (n seeds, its lr)."""
+    lines = [f"# {task.upper()}, {model}: dev {metric} (x100) by training size, mean ± std over seeds", "",
+             "| training examples | Full-FT | BitFit | BitFit - Full-FT |", "|---|---|---|---|"]
+    for n in sorted(table):
+        row = table[n]
+        cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f} ({row[m][2]} seeds, lr {row[m][3]:g})" if m in row else "missing"
+                 for m in ("Full-FT", "BitFit")]
+        diff = f"{row['BitFit'][0] - row['Full-FT'][0]:+.1f}" if len(row) == 2 else ""
+        lines.append(f"| {n:,} | {cells[0]} | {cells[1]} | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 def _save(plt, fig, path):
@@ -125,6 +142,49 @@ def _curve(results_list, split):
     n = min(len(r.epochs) for r in results_list)
     key = results_list[0].headline_metric
     return [statistics.fmean(100 * r.epochs[i].metrics[split][key] for r in results_list) for i in range(n)]
+
+
+def _curve_std(results_list, split):
+    """Sample std over seeds (ddof 1; 0 for one seed) of the headline metric (x100) per epoch."""
+    n = min(len(r.epochs) for r in results_list)
+    key = results_list[0].headline_metric
+    per_epoch = [[100 * r.epochs[i].metrics[split][key] for r in results_list] for i in range(n)]
+    return [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
+
+
+def dev_learning_curves(cells, results_by_path, out):
+    """Per (model, task): the dev headline metric per epoch, mean ± std over the seeds of the chosen learning rate,
+    BitFit vs Full-FT -- whether the curves have flattened is what 'trained to convergence' means."""
+    plt = _plt()
+    pairs = {}
+    for cell in table_cells(cells):
+        if cell["method"] in ("Full-FT", "BitFit"):
+            pairs.setdefault((cell["model"], cell["task"]), {})[cell["method"]] = cell
+    written = []
+    for (model, task), methods in sorted(pairs.items()):
+        fig, ax = plt.subplots(figsize=(5.4, 3.6))
+        for method, color in (("Full-FT", "tab:red"), ("BitFit", "tab:blue")):
+            if method not in methods:
+                continue
+            cell = methods[method]
+            runs = [results_by_path[p] for p in cell["runs"]]
+            split = runs[0].eval_splits[0]
+            mean, std = _curve(runs, split), _curve_std(runs, split)
+            epochs = list(range(1, len(mean) + 1))
+            ax.plot(epochs, mean, "-o", ms=3, color=color,
+                    label=f"{method} (lr {cell['lr']:g}, {len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.15)
+        metric = results_by_path[next(iter(methods.values()))["runs"][0]].headline_metric
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"dev {metric} (x100)")
+        ax.set_title(f"{task.upper()}, {model}: dev {metric} per epoch, mean ± std over seeds", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        written.append(_save(plt, fig, os.path.join(out, "dev_curve_" + _slug(model, task) + ".png")))
+    return written
 
 
 def generalization_gap(cells, results_by_path, out):
@@ -169,7 +229,7 @@ def make_figures(runs_dir, out, selection="best"):
     cells = tables.aggregate(runs, selection)
     results_by_path = {r["path"]: r["results"] for r in runs}
     return (bias_heatmaps(cells, out) + training_size_curves(cells, results_by_path, out)
-            + generalization_gap(cells, results_by_path, out))
+            + dev_learning_curves(cells, results_by_path, out) + generalization_gap(cells, results_by_path, out))
 
 
 def main(argv=None):
