@@ -367,8 +367,10 @@ def test_inference_benchmark_runs_and_models_share_the_architecture(tmp_path, ba
     from bitfit_experiments.bench import bench_inference
     rows = bench_inference.main(["--base", base, "--samples", "4", "--batch-sizes", "1", "2", "--rounds", "1",
                                  "--data-dir", "", "--output", str(tmp_path / "bench.json")])
-    assert [(r["batch_size"], r["model"]) for r in rows] == [(1, "plain"), (1, "base+pack"), (2, "plain"),
-                                                              (2, "base+pack")]
+    models = ["plain", "base+pack", "lora", "lora merged"]
+    assert [(r["batch_size"], r["model"]) for r in rows] == [(b, m) for b in (1, 2) for m in models]
+    size = {r["model"]: r["bytes"] for r in rows}
+    assert size["base+pack"] < size["lora"] < size["plain"] == size["lora merged"]  # bytes on disk
     assert all(r["samples_per_sec"] > 0 for r in rows)
     assert "same architecture: yes" in capsys.readouterr().out
     assert json.loads((tmp_path / "bench.json").read_text())["results"] == json.loads(json.dumps(rows))

@@ -156,6 +156,8 @@ def build_models(args, tmp):
         lora_dir = simulated_lora_pack(args.base, task, os.path.join(tmp, "lora"))
         models["lora"] = packs.load(args.base, lora_dir).model.eval()
         models["lora merged"] = adapters.merge_and_unload(packs.load(args.base, lora_dir).model).eval()
+        if structure(models["lora merged"]) != structure(plain):
+            raise RuntimeError("merging the LoRA pack left adapter modules behind; the merged model must be plain")
         sizes["lora"] = packs.read_pack(lora_dir).manifest["pack_bytes"]
         sizes["lora merged"] = sum(p.numel() * p.element_size() for p in models["lora merged"].parameters())
     sizes["plain"] = sum(p.numel() * p.element_size() for p in plain.parameters())
@@ -172,7 +174,8 @@ def main(argv=None):
     tok = load_tokenizer(args.base)
     enc = encode(tok, df, args.max_seq_length)
     print(f"{args.base} | task {task} | pack {args.pack or '(simulated bitfit)'} | {len(df)} {source} inputs, "
-          f"mean {enc.lengths.mean():.1f} tokens | {args.threads} thread(s)")
+          f"mean {enc.lengths.mean():.1f} tokens | {args.threads} thread(s) | same architecture: yes "
+          f"(base+pack{' and lora merged' if 'lora merged' in models else ''} vs plain)")
     print(packs.format_summary(packed.config["pack"]))
     print(f"{'batch':>6} {'model':>12} {'ms/sample':>10} {'samples/s':>10} {'ratio':>7} {'bytes on disk':>14}")
     rows = []
