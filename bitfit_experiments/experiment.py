@@ -162,16 +162,21 @@ def _check_output(config):
                              f"output directory or a new one")
         return None
     saved = _saved_config(out)
-    diff = saved.differences(config, ignore=_resume_neutral(saved, config))
+    return continue_same_run(out, saved.differences(config, ignore=_resume_neutral(saved, config)), RunRecord)
+
+
+def continue_same_run(out, diff, record_cls):
+    """--resume into `out`: refuse another configuration (`diff`, from config.differences); else remove the
+    temporaries of killed writes and return the directory's record (None if damaged: the checkpoint rebuilds it)."""
     if diff:
         shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, a, b in diff[:3])
         raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
                          f"flags or use a new output directory")
     remove_leftover_temporaries(out)
     try:
-        return RunRecord.load(out)
+        return record_cls.load(out)
     except RecordError:
-        return None  # a damaged results.json is rebuilt from the checkpoint
+        return None
 
 
 def _saved_config(out):

@@ -29,7 +29,7 @@ from .core.instruct_config import INSTRUCT_RESUME_NEUTRAL, InstructConfig
 from .core.model import load_tokenizer, model_identity, peak_memory_mb, resolve_device
 from .core.trainer import build_optimizer, build_scheduler, epoch_generator, set_seed
 # The GLUE run's failure recording and clean-up of half-written temporaries, shared on purpose: one behaviour.
-from .experiment import execute, remove_leftover_temporaries
+from .experiment import continue_same_run, execute
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -84,15 +84,7 @@ def _check_output(config):
                          f"or a run_glue.py run); give the run's own directory") from None
     diff = saved.differences(config, ignore=INSTRUCT_RESUME_NEUTRAL | ({"epochs"} if config.epochs >= saved.epochs
                                                                        else set()))
-    if diff:
-        shown = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, a, b in diff[:3])
-        raise UsageError(f"--resume {out}: that run has another configuration ({shown}); resume it with its own "
-                         f"flags or use a new output directory")
-    remove_leftover_temporaries(out)
-    try:
-        return InstructRecord.load(out)
-    except RecordError:
-        return None  # a damaged results.json is rebuilt from the checkpoint
+    return continue_same_run(out, diff, InstructRecord)
 
 
 # ------------------------------------------------------------------------------------------------------ prepare
