@@ -371,14 +371,20 @@ def write_artifacts(run_):
     manifest = packs.write_pack(os.path.join(out, "pack"), run_.model, run_.snap, run_.sel, base_model=c.model_name,
                                 task=run_.task, dev_metrics=record.last, max_seq_length=c.max_seq_length,
                                 extra={"best_epoch": record.best_epoch, "last_epoch": record.last_epoch,
-                                       **({"adapter": adapters.spec(c)} if adapters.spec(c) else {})})
+                                       **({"adapter": spec} if (spec := adapters.spec(c)) else {})})
+    complete(run_, manifest)
+
+
+def complete(run_, manifest):
+    """The last step of every run, once its pack is written: the pack's summary into the record, "complete", and the
+    checkpoint removed (unless --keep-checkpoint)."""
     print(packs.format_summary(manifest), flush=True)
-    record.pack = PackSummary(**{k: manifest[k] for k in ("pack_bytes", "full_model_bytes", "ratio_to_full_model",
-                                                          "stored_values", "fixups")})
-    record.status = "complete"
+    run_.record.pack = PackSummary(**{k: manifest[k] for k in ("pack_bytes", "full_model_bytes",
+                                                               "ratio_to_full_model", "stored_values", "fixups")})
+    run_.record.status = "complete"
     run_.save_record()
-    if not c.keep_checkpoint:
-        remove_checkpoint(out)
+    if not run_.config.keep_checkpoint:
+        remove_checkpoint(run_.out)
 
 
 def bias_changes(model, initial, families, fused=None):

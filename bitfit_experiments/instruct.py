@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from .artifacts import lm_pack, packs
-from .artifacts.checkpoint import load_checkpoint, remove_checkpoint, restore_checkpoint, save_checkpoint
+from .artifacts.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .artifacts.instruct_record import InstructEpoch, InstructRecord
 from .artifacts.io import atomic_write_json, atomic_write_text, library_versions
-from .artifacts.record import PackSummary, RecordError, load_config_args
+from .artifacts.record import RecordError, load_config_args
 from .core import instruct_data, selection
 from .core.causal_lm import greedy_generate, lm_eval_loss, lm_train_epoch, load_causal_lm, select_for_lm
 from .core.decoders import pair_pad_token
@@ -29,7 +29,7 @@ from .core.instruct_config import INSTRUCT_RESUME_NEUTRAL, InstructConfig
 from .core.model import load_tokenizer, model_identity, peak_memory_mb, resolve_device
 from .core.trainer import build_optimizer, build_scheduler, epoch_generator, set_seed
 # The GLUE run's failure recording and clean-up of half-written temporaries, shared on purpose: one behaviour.
-from .experiment import continue_same_run, execute
+from .experiment import complete, continue_same_run, execute
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -211,13 +211,7 @@ def write_artifacts(run_):
                                          "prompt_template": dict(instruct_data.PROMPT_TEMPLATES),
                                          "eval_loss": last.eval_loss, "eval_perplexity": last.eval_perplexity,
                                          "last_epoch": record.last_epoch})
-    print(packs.format_summary(manifest), flush=True)
-    record.pack = PackSummary(**{k: manifest[k] for k in ("pack_bytes", "full_model_bytes", "ratio_to_full_model",
-                                                          "stored_values", "fixups")})
-    record.status = "complete"
-    run_.save_record()
-    if not c.keep_checkpoint:
-        remove_checkpoint(out)
+    complete(run_, manifest)
 
 
 def _write_config(run_):

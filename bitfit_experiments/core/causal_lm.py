@@ -25,7 +25,7 @@ from .batching import batch_order
 from .errors import UsageError, first_line
 from .instruct_data import IGNORE_INDEX, collate_lm, format_prompt
 from .model import _quiet_transformers, check_model_name, weight_mismatch
-from .trainer import autocast_context, to_device
+from .trainer import autocast_context, optimizer_step, to_device
 
 
 def load_causal_lm(name, dtype=torch.float32):
@@ -76,22 +76,7 @@ def lm_train_step(model, batch, optimizer, scheduler, guard, params, *, device, 
         logits = model(**batch).logits
     total, count = lm_loss_sum(logits, labels)
     loss = total / count.clamp(min=1)
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    if guard is not None:
-        guard.zero_masked_grads()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    scheduler.step()
-    if guard is not None:
-        guard.restore()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return optimizer_step(loss, optimizer, scheduler, guard, params, scaler=scaler, max_grad_norm=max_grad_norm)
 
 
 def lm_train_epoch(model, enc, optimizer, scheduler, guard, *, batch_size, generator, device, pad_token_id,

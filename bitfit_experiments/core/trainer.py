@@ -82,6 +82,13 @@ def train_step(model, batch, optimizer, scheduler, guard, params, *, device, is_
     with autocast_context(device, precision):
         logits = model(**batch).logits
     loss = compute_loss(logits, labels, is_regression)
+    return optimizer_step(loss, optimizer, scheduler, guard, params, scaler=scaler, max_grad_norm=max_grad_norm)
+
+
+def optimizer_step(loss, optimizer, scheduler, guard, params, *, scaler=None, max_grad_norm=1.0):
+    """The recipe's step after the loss, shared by every loop: backward -> zero the gradients outside masks -> clip
+    at `max_grad_norm` -> optimizer step -> scheduler step -> restore the masked-out entries -> zero grad. Returns
+    the loss detached (a device tensor: no host sync)."""
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
