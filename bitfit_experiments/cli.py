@@ -186,6 +186,27 @@ def parse_config(argv=None):
     return config
 
 
+def parse_bank_rerun(argv=None):
+    """`--config MEMBER/config.json -o NEW` of a bias-bank member: (the whole bank's configs, each member in
+    NEW/<member>, and the bank directory NEW/_bank); None for anything else."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.config is None:
+        return None
+    saved = _load_saved(ns.config)
+    if not isinstance(saved.get("bank"), dict):
+        return None
+    given = {k: v for k, v in _explicit(parser, argv).items() if k != "config"}
+    new_dir = given.pop("output_path", None)
+    if new_dir is None:
+        raise UsageError(f"--config {ns.config}: give -o NEW_DIR for the re-run of its bank (each member goes into "
+                         f"NEW_DIR/<member>; the original directories are never written to)")
+    from .bank import rerun_configs
+    configs, bank_dir = rerun_configs(saved, given, new_dir)
+    _check_model_identity(configs[0].model_name, saved.get("model"), "model_name" in given)
+    return configs, bank_dir
+
+
 def _load_saved(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -217,6 +238,10 @@ def _check_model_identity(model_name, recorded, overridden):
 
 @exit_on_usage_error
 def main(argv=None):
+    bank = parse_bank_rerun(argv)
+    if bank is not None:  # a bias-bank member's config: the whole bank runs again
+        from .bank import launch_bank
+        return launch_bank(*bank)
     config = parse_config(argv)
     if not config.list_params:
         check_writable(config.output_path, "--output-path")

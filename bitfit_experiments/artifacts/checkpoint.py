@@ -62,8 +62,9 @@ def save_checkpoint(out_dir, *, epoch, model, trainable_names, optimizer, schedu
         f.write(payload)
 
 
-def load_checkpoint(out_dir):
-    """(metadata, tensors) of the checkpoint in out_dir, or None if there is none."""
+def load_checkpoint(out_dir, expected=FORMAT):
+    """(metadata, tensors) of the checkpoint in out_dir, or None if there is none. `expected`: its format (a
+    single run's, or BANK_FORMAT)."""
     path = os.path.join(out_dir, FILENAME)
     if not os.path.exists(path):
         return None
@@ -74,7 +75,7 @@ def load_checkpoint(out_dir):
     except Exception as e:
         raise UsageError(f"{path} is corrupt or truncated ({type(e).__name__}); delete it to restart that run "
                          f"from scratch") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") != expected:
         raise UsageError(f"{path} was not written by this version of bitfit-glue; delete it to restart the run")
     return meta, tensors
 
@@ -105,3 +106,60 @@ def remove_checkpoint(out_dir):
     path = os.path.join(out_dir, FILENAME)
     if os.path.exists(path):
         os.unlink(path)
+
+
+# ---------------------------------------------------------------------------------------------- bias banks
+
+BANK_FORMAT = "bitfit-glue-bank-checkpoint/1"
+
+
+def save_bank_checkpoint(bank_dir, *, epoch, members, optimizers, schedulers, results):
+    """One atomic checkpoint for a whole bias bank (core/bank.py): every member's tensors (biases and head), its
+    optimizer and scheduler state, its record so far and whether it failed; one set of RNG states."""
+    tensors, meta_members = {}, []
+    for k, member in enumerate(members):
+        names = []
+        for name, p in member.named_parameters():
+            tensors[f"m{k}.param.{name}"] = p.detach().cpu().contiguous()
+            names.append(name)
+        opt = optimizers[k].state_dict()
+        for idx, state in opt["state"].items():
+            for key, value in state.items():
+                tensors[f"m{k}.optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        meta_members.append({"trainable": names, "param_groups": opt["param_groups"],
+                             "scheduler": schedulers[k].state_dict(), "results": results[k], "failed": member.failed})
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    meta = {"format": BANK_FORMAT, "epoch": epoch, "members": meta_members, "rng": _rng_state()}
+    payload = save(tensors, metadata={"bitfit_glue": json.dumps(meta)})
+    with atomic_open(os.path.join(bank_dir, FILENAME), "wb") as f:
+        f.write(payload)
+
+
+def restore_bank_checkpoint(ckpt, *, members, optimizers, schedulers):
+    """Load what save_bank_checkpoint wrote into the members; returns (epoch, [record dict per member])."""
+    meta, tensors = ckpt
+    if meta.get("format") != BANK_FORMAT or len(meta["members"]) != len(members):
+        raise UsageError("the bank's checkpoint was written for another set of members; delete the bank directory's "
+                         "checkpoint.safetensors to restart the bank")
+    for k, (member, saved) in enumerate(zip(members, meta["members"])):
+        params = dict(member.named_parameters())
+        if saved["trainable"] != list(params):
+            raise UsageError(f"the bank's checkpoint holds other tensors for member {k}; restart the bank in a new "
+                             f"directory")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[f"m{k}.param.{name}"])
+        state = {}
+        prefix = f"m{k}.optim."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                idx, field = key[len(prefix):].split(".", 1)
+                state.setdefault(int(idx), {})[field] = value
+        optimizers[k].load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        schedulers[k].load_state_dict(saved["scheduler"])
+        member.failed = saved["failed"]
+    _set_rng_state(meta["rng"], tensors)
+    return meta["epoch"], [saved["results"] for saved in meta["members"]]

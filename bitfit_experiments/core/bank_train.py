@@ -1,0 +1,121 @@
+"""The training loop of a bias bank (core/bank.py): the recipe of trainer.py, per member, on shared batches.
+
+A step stacks one batch of every running member (its own data order, from its own seed) into member blocks, runs
+one forward pass, and takes each member's own mean loss. The backward pass is of their sum: no member's gradient
+depends on another's, since a member's rows and head touch only its examples. Then, per member: clip its gradient
+norm at 1.0 over its own tensors, its optimizer step, its scheduler step. A member whose loss turns non-finite is
+marked failed and leaves the bank; the others go on.
+
+Layer: core.
+"""
+import math
+
+import numpy as np
+import torch
+
+from .batching import batch_order, collate
+from .trainer import autocast_context, compute_loss, to_device
+
+
+def stack_batches(batches, pad_token_id):
+    """One batch from per-member collated batches: right-padded to the longest of them, concatenated in order."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    out = {}
+    for key in batches[0]:
+        if key == "labels":
+            out[key] = torch.cat([b[key] for b in batches])
+            continue
+        fill = pad_token_id if key == "input_ids" else 0
+        out[key] = torch.cat([torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=fill)
+                              for b in batches])
+    return out
+
+
+def train_bank_epoch(bank, encs, generators, optimizers, schedulers, params, *, batch_size, device, pad_token_id,
+                     is_regression, precision="fp32", group_by_length=False, max_grad_norm=1.0, collate_fn=collate,
+                     on_failure=None):
+    """One epoch of every running member. encs[k], generators[k] (its epoch's shuffle), optimizers[k],
+    schedulers[k], params[k] per member. Returns {member: mean training loss}; a member whose loss turns
+    non-finite is marked failed (`member.failed`, `on_failure(k)` called) and skipped from then on."""
+    model, members = bank.model, bank.members
+    running = [k for k, m in enumerate(members) if m.failed is None]
+    orders = {k: batch_order(encs[k].lengths, batch_size, shuffle=True, generator=generators[k],
+                             group_by_length=group_by_length) for k in running}
+    steps = max((len(o) for o in orders.values()), default=0)  # equal: the members share the train size
+    totals = {k: torch.zeros((), device=device) for k in running}
+    sync_every = 1 if device.type == "cpu" else 50
+    model.train()
+    for step in range(steps):
+        active = [k for k in running if members[k].failed is None]
+        if not active:
+            break
+        parts = [collate_fn(encs[k], orders[k][step], pad_token_id) for k in active]
+        losses = bank_step(bank, active, parts, optimizers, schedulers, params, device=device,
+                           pad_token_id=pad_token_id, is_regression=is_regression, precision=precision,
+                           max_grad_norm=max_grad_norm)
+        for k, loss in zip(active, losses):
+            totals[k] += loss
+        if (step + 1) % sync_every == 0 or step + 1 == steps:
+            _mark_non_finite(members, active, torch.stack([totals[k] for k in active]), step, on_failure)
+    return {k: totals[k].item() / max(1, steps) for k in running if members[k].failed is None}
+
+
+def bank_step(bank, active, parts, optimizers, schedulers, params, *, device, pad_token_id, is_regression,
+              precision="fp32", max_grad_norm=1.0):
+    """One optimizer step of the members `active`, parts[i] being member active[i]'s collated batch. Returns their
+    losses (a device tensor, no host sync)."""
+    bank.route([(k, len(p["labels"])) for k, p in zip(active, parts)])
+    batch = to_device(stack_batches(parts, pad_token_id), device)
+    labels = batch.pop("labels")
+    with autocast_context(device, precision):
+        logits = bank.model(**batch).logits
+    losses = torch.stack([compute_loss(logits[s:e], labels[s:e], is_regression) for _, s, e in bank.blocks])
+    losses.sum().backward()  # d(sum)/d(member k's tensors) = d(loss_k)/d(...): no member reaches another's rows
+    for k in active:
+        torch.nn.utils.clip_grad_norm_(params[k], max_grad_norm)  # per member: the norm of its own gradients
+        optimizers[k].step()
+        schedulers[k].step()
+        optimizers[k].zero_grad(set_to_none=True)
+    return losses.detach()
+
+
+def _mark_non_finite(members, active, losses, step, on_failure):
+    for k, value in zip(active, losses.detach().float().cpu().tolist()):
+        if not math.isfinite(value) and members[k].failed is None:
+            members[k].failed = (f"FloatingPointError: the training loss became {value} by step {step + 1} of this "
+                                 f"epoch (try a lower --learning-rate)")
+            if on_failure is not None:
+                on_failure(k)
+
+
+@torch.no_grad()
+def predict_bank_logits(bank, encs, *, batch_size, device, pad_token_id, precision="fp32", collate_fn=collate):
+    """{member: logits of every example of encs[member], in the split's order}, for every running member.
+
+    A batch holds the same number of examples of every member (batch_size split among them), each member's taken in
+    its own length-sorted order; members that share an encoding evaluate the same examples side by side."""
+    model, members = bank.model, bank.members
+    running = [k for k, m in enumerate(members) if m.failed is None and k in encs]
+    if not running:
+        return {}
+    per = max(1, batch_size // len(running))
+    orders = {k: batch_order(encs[k].lengths, per, shuffle=False, group_by_length=True) for k in running}
+    outputs = {k: [] for k in running}
+    model.eval()
+    for step in range(max(len(o) for o in orders.values())):
+        active = [k for k in running if step < len(orders[k])]
+        parts = [collate_fn(encs[k], orders[k][step], pad_token_id) for k in active]
+        bank.route([(k, len(p["labels"])) for k, p in zip(active, parts)])
+        batch = to_device(stack_batches(parts, pad_token_id), device)
+        batch.pop("labels")
+        with autocast_context(device, precision):
+            logits = model(**batch).logits.float().cpu()
+        for k, s, e in bank.blocks:
+            outputs[k].append(logits[s:e])
+    result = {}
+    for k in running:
+        logits = torch.cat(outputs[k]).numpy()
+        placed = np.empty_like(logits)
+        placed[np.concatenate(orders[k])] = logits
+        result[k] = placed
+    return result
