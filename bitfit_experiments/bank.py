@@ -9,7 +9,7 @@ Each member is given as run_glue.py's own flags (RUNS_FILE: one member per line,
 other setting is the bank's. Only `bitfit` can be banked. Run the same command again to resume. Exit 0 when every
 member completed, 1 if any failed (the others still complete), 2 on bad input.
 
-Layer: entry point.
+Layer: run (the bank's command line; bank_run.py does the work).
 """
 import argparse
 import os

@@ -1,7 +1,7 @@
 """The package's shape, pinned: a lower layer never imports an upper one, and no function is longer than 80 lines.
 
 Layers, lowest first: core (data, model, selection, trainer, ...) < artifacts (record, packs, checkpoint, ...) <
-report (tables, claims, figures) < run (experiment, cli, predict, rerun) < bench. The top-level `python -m` shims
+report (tables, claims, figures) < run (experiment, cli, predict, rerun, bank, bank_run) < bench. The top-level `python -m` shims
 (tables.py, benchmark.py, ...) are entry points over all of them.
 """
 import ast
@@ -11,7 +11,7 @@ import pytest
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bitfit_experiments")
 RANK = {"core": 0, "artifacts": 1, "report": 2, "run": 3, "bench": 4, "entry": 5}
-RUN_MODULES = {"experiment", "cli", "predict", "rerun", "__init__"}
+RUN_MODULES = {"experiment", "cli", "predict", "rerun", "bank", "bank_run", "__init__"}
 
 
 def modules():
