@@ -6,6 +6,12 @@
     python -m bitfit_experiments.predict --base MODEL --pack runs/rte/pack \
         --sentences "A man plays a guitar. ||| A person plays music."
     python -m bitfit_experiments.predict --base MODEL --pack runs/rte/pack --export rte_model/
+    python -m bitfit_experiments.predict --base MODEL --pack rte/pack sst2/pack stsb/pack --input requests.jsonl
+
+Several bias-only packs (bitfit, frozen) on one base serve mixed-task requests: --input is a JSONL file (or a TSV
+with a header) whose rows give `task`, `sentence1` and optionally `sentence2`. Rows of different tasks share each
+batch (a bias bank: core/bank.py); the output has one row per input, in input order: index, task, label and the
+probabilities (JSON; a regression task gives its score).
 
 Predictions (a TSV: index, prediction, one logit column per label) go to --output or stdout; the pack summary and, on
 a labeled split, the metrics go to stderr, so stdout stays a clean table.
@@ -13,6 +19,7 @@ a labeled split, the metrics go to stderr, so stdout stays a clean table.
 Layer: run.
 """
 import io
+import json
 import os
 import sys
 import tempfile
@@ -34,7 +41,8 @@ PAIR_SEPARATOR = " ||| "
 def parse_args(argv=None):
     p = OneLineParser(prog="python -m bitfit_experiments.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", required=True, help="the base model the pack was trained on (hub id or local folder)")
-    p.add_argument("--pack", required=True, help="a run's pack folder (pack.safetensors + manifest.json)")
+    p.add_argument("--pack", required=True, nargs="+", help="a run's pack folder (pack.safetensors + manifest.json); "
+                   "several bias-only packs serve a mixed-task --input (one pack per task)")
     p.add_argument("--input", help="a GLUE-format TSV of the pack's task (e.g. RTE/dev.tsv)")
     p.add_argument("--task-split", help="which split's format --input has (default: the task's first dev split; "
                                         "test = unlabeled)")
@@ -46,6 +54,13 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gpu-device", type=int, default=None)
     args = p.parse_args(argv)
+    args.mixed = len(args.pack) > 1 or bool(args.input and args.input.endswith(".jsonl"))
+    if args.mixed and (args.sentences or args.export or args.task_split):
+        p.error("several packs serve a mixed-task --input file only (no --sentences, --export or --task-split)")
+    if args.mixed and not args.input:
+        p.error("several packs need --input: a JSONL or TSV file whose rows name their task")
+    if not args.mixed:
+        args.pack = args.pack[0]
     if not (args.input or args.sentences or args.export):
         p.error("give --input FILE, --sentences TEXT ..., or --export DIR")
     if args.input and args.sentences:
@@ -107,7 +122,8 @@ def check_output_is_not_an_input(args):
     """--output replaces one file; never the file being read, nor a file of the pack or the base model."""
     if args.input and os.path.exists(args.output) and os.path.samefile(args.output, args.input):
         raise UsageError(f"--output {args.output} is the --input file; write the predictions to another file")
-    for flag, folder in (("--pack", args.pack), ("--base", args.base)):
+    packs_given = args.pack if isinstance(args.pack, list) else [args.pack]
+    for flag, folder in [("--pack", d) for d in packs_given] + [("--base", args.base)]:
         if os.path.isdir(folder) and _inside(args.output, folder):
             raise UsageError(f"--output {args.output} is inside the {flag} folder {folder}; write the predictions "
                              f"elsewhere")
@@ -123,6 +139,8 @@ def main(argv=None):
     if args.export:
         check_new_directory(args.export, "--export")
     device = resolve_device(args.gpu_device)
+    if args.mixed:
+        return serve_mixed(args, device)
     pack = packs.read_pack(args.pack)
     m = pack.manifest
     df = split = None
@@ -151,6 +169,89 @@ def main(argv=None):
     else:
         sys.stdout.write(table)
     return logits
+
+
+# ---------------------------------------------------------------------------------------------- mixed-task requests
+
+def read_requests(path):
+    """[(task, sentence1, sentence2 or None)] from a JSONL file or a TSV with a header (task, sentence1[,
+    sentence2]; GLUE's convention: tab-separated, no quoting)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--input {path}: no such file; give a JSONL or TSV file whose rows name their task")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(_request(_json_line(path, n, line), path, n))
+            return rows
+        header = f.readline().rstrip("\n").split("\t")
+        if "task" not in header or "sentence1" not in header:
+            raise UsageError(f"--input {path}: its header must name the columns task and sentence1 (and optionally "
+                             f"sentence2), tab-separated")
+        for n, line in enumerate(f, 2):
+            if line.strip():
+                rows.append(_request(dict(zip(header, line.rstrip("\n").split("\t"))), path, n))
+    return rows
+
+
+def _json_line(path, n, line):
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise UsageError(f"--input {path} line {n} is not JSON; write one object per line") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"--input {path} line {n} is not a JSON object with task and sentence1")
+    return obj
+
+
+def _request(obj, path, n):
+    task, s1, s2 = obj.get("task"), obj.get("sentence1"), obj.get("sentence2") or None
+    if not task or s1 is None:
+        raise UsageError(f"--input {path} line {n} lacks task or sentence1; every row needs both")
+    try:
+        return data.get_task(str(task)).name, str(s1), (None if s2 is None else str(s2))
+    except UsageError:
+        raise UsageError(f"--input {path} line {n}: unknown task {task!r}; use a GLUE task name such as rte or "
+                         f"sst2") from None
+
+
+def serve_mixed(args, device):
+    from .artifacts.serving import MixedTaskServer
+    rows = read_requests(args.input)
+    loaded = [packs.read_pack(d) for d in args.pack]
+    tasks = {data.get_task(p.manifest["task"]).name for p in loaded}
+    missing = next(((i, t) for i, (t, _, _) in enumerate(rows) if t not in tasks), None)
+    if missing:  # before the (slow) model load
+        raise UsageError(f"--input {args.input} row {missing[0] + 1} names task {missing[1]!r}, but no --pack is for "
+                         f"it; the packs are for {', '.join(sorted(tasks))}")
+    server = MixedTaskServer(args.base, loaded, device=device)
+    print(f"{len(args.pack)} packs on {args.base}: tasks {', '.join(server.tasks)}; {len(rows)} requests",
+          file=sys.stderr)
+    logits = server.predict(rows, batch_size=args.batch_size)
+    records = [_answer(i, task, lg, server.specs[task]["labels"]) for i, ((task, _, _), lg) in
+               enumerate(zip(rows, logits))]
+    as_jsonl = (args.output or args.input).endswith(".jsonl")
+    text = ("".join(json.dumps(r) + "\n" for r in records) if as_jsonl else
+            "index\ttask\tlabel\tprobabilities\n" + "".join(
+                f"{r['index']}\t{r['task']}\t{r['label']}\t{json.dumps(r['probabilities'])}\n" for r in records))
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return logits
+
+
+def _answer(i, task, logits, label_names):
+    if data.get_task(task).is_regression:
+        score = float(logits[0])
+        return {"index": i, "task": task, "label": score, "probabilities": {"score": score}}
+    p = np.exp(logits - logits.max())
+    p = p / p.sum()
+    names = label_names or [str(j) for j in range(len(p))]
+    return {"index": i, "task": task, "label": names[int(np.argmax(p))],
+            "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)}}
 
 
 if __name__ == "__main__":

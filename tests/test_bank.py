@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertForSequenceClassification, RobertaForSequenceClassification
@@ -308,3 +309,82 @@ def test_what_cannot_be_banked_is_refused_in_one_line(tmp_path, nodrop_model_dir
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not any(os.path.exists(tmp_path / d) for d in ("a", "b", "bank"))  # nothing was created
+
+
+# ---------------------------------------------------------------------------------------------- mixed-task serving
+
+@pytest.fixture(scope="module")
+def three_packs(tmp_path_factory, tiny_model_dir, tiny_glue_dir):
+    """RTE bitfit (all biases), MNLI bitfit (query only), QQP frozen: three tasks, three label counts... 2, 3, 2."""
+    from bitfit_experiments.core.config import RunConfig
+    from bitfit_experiments.experiment import run
+    from conftest import FIXTURE_GLUE_DIR
+    root = tmp_path_factory.mktemp("packs")
+    specs = [("rte", "bitfit", ["all"], tiny_glue_dir, 3e-2), ("mnli", "bitfit", ["query"], FIXTURE_GLUE_DIR, 3e-2),
+             ("qqp", "frozen", ["all"], FIXTURE_GLUE_DIR, 1e-2)]
+    out = {}
+    for task, ftype, terms, glue, lr in specs:
+        c = RunConfig(task_name=task, fine_tune_type=ftype, bias_terms=terms, model_name=tiny_model_dir,
+                      data_dir=glue, output_path=str(root / task), learning_rate=lr, epochs=1, batch_size=8,
+                      no_progress=True)
+        assert run(c).status == "complete"
+        out[task] = str(root / task / "pack")
+    return out
+
+
+def _requests(tiny_glue_dir):
+    from bitfit_experiments.core.data import load_split
+    from conftest import FIXTURE_GLUE_DIR
+    frames = {"rte": load_split("rte", "dev", tiny_glue_dir), "mnli": load_split("mnli", "dev_matched",
+                                                                                FIXTURE_GLUE_DIR),
+              "qqp": load_split("qqp", "dev", FIXTURE_GLUE_DIR)}
+    rows, n = [], min(len(f) for f in frames.values())
+    for i in range(n):  # interleaved: every batch mixes the three tasks
+        for task, f in frames.items():
+            rows.append((task, f["text_a"].iloc[i], f["text_b"].iloc[i]))
+    return rows
+
+
+def test_mixed_task_batches_equal_each_pack_applied_alone(three_packs, tiny_model_dir, tiny_glue_dir):
+    from bitfit_experiments.artifacts import packs
+    from bitfit_experiments.artifacts.serving import MixedTaskServer
+    import pandas as pd
+    rows = _requests(tiny_glue_dir)
+    server = MixedTaskServer(tiny_model_dir, [three_packs[t] for t in ("rte", "mnli", "qqp")])
+    mixed = server.predict(rows, batch_size=7)
+    assert [len(x) for x in mixed[:3]] == [2, 3, 2]
+    for task in ("rte", "mnli", "qqp"):
+        mine = [i for i, r in enumerate(rows) if r[0] == task]
+        df = pd.DataFrame({"text_a": [rows[i][1] for i in mine], "text_b": [rows[i][2] for i in mine], "label": -1})
+        alone = packs.load(tiny_model_dir, three_packs[task]).predict(df)
+        np.testing.assert_allclose(np.stack([mixed[i] for i in mine]), alone, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_cli_serves_a_jsonl_stream_in_input_order(tmp_path, three_packs, tiny_model_dir, tiny_glue_dir):
+    rows = _requests(tiny_glue_dir)[:9]
+    src = tmp_path / "requests.jsonl"
+    src.write_text("".join(json.dumps({"task": t, "sentence1": a, "sentence2": b}) + "\n" for t, a, b in rows))
+    proc = _run([sys.executable, "-m", "bitfit_experiments.predict", "--base", tiny_model_dir, "--pack",
+                 three_packs["rte"], three_packs["mnli"], three_packs["qqp"], "--input", str(src), "--batch-size", "4"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["task"] for a in answers] == [t for t, _, _ in rows] and [a["index"] for a in answers] == list(range(9))
+    assert set(answers[1]["probabilities"]) == {"entailment", "neutral", "contradiction"}
+    assert all(abs(sum(a["probabilities"].values()) - 1) < 1e-5 for a in answers)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"task": "sst2", "sentence1": "x"}) + "\n")
+    refused = _run([sys.executable, "-m", "bitfit_experiments.predict", "--base", tiny_model_dir, "--pack",
+                    three_packs["rte"], three_packs["mnli"], "--input", str(bad)])
+    assert refused.returncode == 2 and "sst2" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_mixed_serving_refuses_weight_changing_packs(tmp_path, tiny_model_dir, tiny_glue_dir):
+    from bitfit_experiments.artifacts.serving import MixedTaskServer
+    from bitfit_experiments.core.config import RunConfig
+    from bitfit_experiments.core.errors import UsageError
+    from bitfit_experiments.experiment import run
+    c = RunConfig(task_name="rte", fine_tune_type="full_ft", model_name=tiny_model_dir, data_dir=tiny_glue_dir,
+                  output_path=str(tmp_path / "ft"), epochs=1, batch_size=8, no_progress=True)
+    assert run(c).status == "complete"
+    with pytest.raises(UsageError, match="only bias-only packs"):
+        MixedTaskServer(tiny_model_dir, [str(tmp_path / "ft" / "pack")])
