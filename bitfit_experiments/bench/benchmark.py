@@ -1,6 +1,7 @@
 """Speed benchmark: the official BitFit pipeline's data path against this project's defaults, side by side.
 
     python -m bitfit_experiments.benchmark [--data-dir $GLUE_DIR] [--model DIR] [--steps 6] [--out results/benchmark]
+    python -m bitfit_experiments.benchmark --tasks --whole-process cola sst2 rte --out results/benchmark/whole_process
 
 Per (task, fine-tune type) it runs, each case in its own subprocess (ru_maxrss is a per-process lifetime peak):
   official  every sequence padded to 128, random batches of 8 for training, evaluation at batch 8 padded to 128 of
@@ -15,6 +16,15 @@ optimizer steps; the fastest counts, which filters out other jobs on a shared ma
 official evaluation batches; an epoch is extrapolated as (mean step time) x (batches per epoch).
 All shapes of an official batch are equal, and ours are an even sample of the epoch's lengths, so the
 extrapolation keeps the ratio. The dev metric is after those same steps (not a full epoch), on the whole dev set.
+
+Whole processes (`--whole-process cola sst2 rte`, issue #15): per task, each in its own process started with the
+caller's environment, BitFit for 1 epoch at batch 8, lr 1e-3, seed 0 on the same `--whole-process-train-size`
+subset: (a) run_glue.py with its defaults, (b) the usual Hugging Face way (bench/hf_trainer_peer.py: Trainer,
+DataCollatorWithPadding, requires_grad on biases + head; nothing of this project's loop), (c) for the tasks of
+`--whole-process-official` (default cola) run_glue.py with the official data path's flags. A table gives the wall
+seconds of each whole process and of its training phase, ours' speed-ups against the targets (>= 1.5x HF Trainer on
+CoLA and SST-2, >= 1.2x on RTE, >= 8x official on CoLA) and ours' training phase over the ideal time (the FLOP model
+below at the matmul peak measured after the cases; target <= 1.5x). Run it in a quiet window.
 
 FLOP model (per real token; N = parameters outside the embedding tables): forward 2N; BitFit backward +2N
 (activation gradients only, no weight gradients); full FT backward +4N; frozen: forward only (nothing under the
@@ -391,6 +401,145 @@ def full_epoch_markdown(rows, epochs, train_size):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# whole processes, side by side: this project's defaults, the usual Hugging Face Trainer way, the official pipeline
+
+WHOLE_KINDS = ("ours", "hf_trainer", "official")
+# issue #15's targets: whole-process speed-up of ours over each peer (a task absent: no target), training phase
+# within IDEAL_TARGET x the ideal time (real-token FLOPs at the measured matmul peak).
+WHOLE_TARGETS = {"hf_trainer": {"cola": 1.5, "sst2": 1.5, "rte": 1.2}, "official": {"cola": 8.0}}
+IDEAL_TARGET = 1.5
+
+
+def whole_process_command(kind, task, *, model, data_dir, train_size, out_dir, seed=0, batch_size=8, epochs=1):
+    """The command of one whole-process case: ours = run_glue.py with its defaults (BitFit, lr 1e-3), official =
+    the same + the official data path's flags, hf_trainer = bench/hf_trainer_peer.py (nothing of our loop)."""
+    common = ["-t", task, "-m", str(model), "-l", str(LR["bitfit"]), "-s", str(seed), "-e", str(epochs),
+              "-b", str(batch_size), "--data-dir", data_dir] + (["--train-size", str(train_size)] if train_size else [])
+    if kind == "hf_trainer":
+        return [sys.executable, "-m", "bitfit_experiments.bench.hf_trainer_peer", *common]
+    run_glue = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run_glue.py")
+    cmd = [sys.executable, run_glue, "-o", out_dir, "-f", "bitfit", *common, "--no-progress"]
+    return cmd + (OFFICIAL_FLAGS if kind == "official" else [])
+
+
+def whole_process_case(kind, task, *, model, data_dir, train_size, out_dir, seed=0, batch_size=8, epochs=1):
+    """Run one case in its own process with the caller's environment unchanged; -> whole-process wall seconds,
+    training-phase and evaluation seconds (run_glue: results.json; peer: its PEER_RESULT line), dev metric."""
+    path = os.path.join(out_dir, f"{task}_{kind}")
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    cmd = whole_process_command(kind, task, model=model, data_dir=data_dir, train_size=train_size, out_dir=path,
+                                seed=seed, batch_size=batch_size, epochs=epochs)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    whole = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    out = {"kind": kind, "task": task, "whole_sec": whole, "command": " ".join(cmd[1:])}
+    if kind == "hf_trainer":
+        line = [l for l in proc.stdout.splitlines() if l.startswith("PEER_RESULT ")][-1]
+        r = json.loads(line[len("PEER_RESULT "):])
+        out.update(train_sec=r["train_sec"], eval_sec=r["eval_sec"], dev=r["dev"], dev_metric_name=r["dev_metric_name"],
+                   train_examples=r["train_examples"], trainable_params=r["trainable_params"], threads=r["threads"])
+        return out
+    record = RunRecord.load(path)
+    with open(os.path.join(path, "config.json")) as f:
+        threads = json.load(f).get("torch_threads")
+    out.update(train_sec=sum(e.epoch_time_sec for e in record.epochs), eval_sec=sum(e.eval_time_sec for e in record.epochs),
+               dev=record.headline("last"), dev_metric_name=record.headline_metric,
+               train_examples=record.num_train_examples, trainable_params=record.trainable_params, threads=threads)
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def ideal_training(task, *, model, data_dir, train_size, epochs=1, seed=0):
+    """The ideal training phase: real training tokens x BitFit FLOPs per token (4N, N = non-embedding parameters)
+    at the matmul peak measured now with this process's threads (run it on a quiet machine, after the cases)."""
+    import torch
+    from ..core import data
+    from ..core.batching import encode
+    from ..core.model import load_model, load_tokenizer
+    spec = data.get_task(task)
+    train = data.subsample(data.load_split(spec.name, "train", data_dir), train_size, seed)
+    tokens = int(encode(load_tokenizer(model), train, 128).lengths.sum()) * epochs
+    n_param = non_embedding_params(load_model(model, spec))
+    peak = matmul_peak_gflops(torch.device("cpu"))
+    return {"real_train_tokens": tokens, "non_embedding_params": n_param, "flops_per_token": 4 * n_param,
+            "matmul_peak_gflops": peak, "threads": torch.get_num_threads(),
+            "ideal_train_sec": tokens * 4 * n_param / (peak * 1e9)}
+
+
+def whole_process_run(specs, *, model, data_dir, default_train_size, official_tasks, out_dir, repeats=1):
+    """For each (task, train size): every case `repeats` times, interleaved (the fastest counts), then the ideal
+    training time. -> one row per task: {task, train_size, cases: {kind: case}, ideal: {...}}."""
+    rows = []
+    for task, size in specs:
+        size = default_train_size if size is None else size
+        n_train = len(_train_rows(task, data_dir))
+        size = size if size and size < n_train else None
+        kinds = [k for k in WHOLE_KINDS if k != "official" or task in official_tasks]
+        best = {}
+        for _ in range(repeats):
+            for kind in kinds:
+                r = whole_process_case(kind, task, model=model, data_dir=data_dir, train_size=size, out_dir=out_dir)
+                if kind not in best or r["whole_sec"] < best[kind]["whole_sec"]:
+                    best[kind] = r
+                print(f"[whole process] {task} {kind}: {r['whole_sec']:.1f}s (training {r['train_sec']:.1f}s, "
+                      f"{r['threads']} threads) dev {r['dev']:.3f}", flush=True)
+        rows.append({"task": task, "train_size": size or n_train, "repeats": repeats, "cases": best,
+                     "ideal": ideal_training(task, model=model, data_dir=data_dir, train_size=size)})
+    return rows
+
+
+def _train_rows(task, data_dir):
+    from ..core import data
+    return data.load_split(task, "train", data_dir)
+
+
+def _vs(ours, other, target):
+    """'1.62x (>= 1.5x: yes)' for a speed-up of ours over other."""
+    if ours is None or other is None:
+        return "-"
+    ratio = other / ours
+    return f"{ratio:.2f}x" + ("" if target is None else f" (>= {target:g}x: {'yes' if ratio >= target else 'NO'})")
+
+
+def whole_process_markdown(rows):
+    lines = ["", "Whole processes, side by side (BitFit, 1 epoch, batch 8, lr 1e-3, seed 0; each case its own process, "
+             "started by the benchmark with the caller's environment; s = wall seconds of the whole process, "
+             "(training phase in parentheses)):", "",
+             "| task | train ex | ours s | HF Trainer s | official s | vs HF Trainer: whole | training | vs official: "
+             "whole | training | ideal training s | ours training / ideal | dev ours / HF / official |",
+             "|" + "---|" * 12]
+    for row in rows:
+        c, ideal = row["cases"], row["ideal"]
+        o, h, f = c.get("ours"), c.get("hf_trainer"), c.get("official")
+        s = lambda r: "-" if r is None else f"{r['whole_sec']:.1f} ({r['train_sec']:.1f})"
+        g = lambda r, k: None if r is None else r[k]
+        t = row["task"]
+        over_ideal = o["train_sec"] / ideal["ideal_train_sec"] if o and ideal["ideal_train_sec"] else None
+        lines.append(
+            f"| {t} | {row['train_size']} | {s(o)} | {s(h)} | {s(f)} "
+            f"| {_vs(g(o, 'whole_sec'), g(h, 'whole_sec'), WHOLE_TARGETS['hf_trainer'].get(t))} "
+            f"| {_vs(g(o, 'train_sec'), g(h, 'train_sec'), None)} "
+            f"| {_vs(g(o, 'whole_sec'), g(f, 'whole_sec'), WHOLE_TARGETS['official'].get(t))} "
+            f"| {_vs(g(o, 'train_sec'), g(f, 'train_sec'), None)} | {ideal['ideal_train_sec']:.2f} "
+            f"| {_f(over_ideal, '.2f')}x (<= {IDEAL_TARGET:g}x: {'-' if over_ideal is None else 'yes' if over_ideal <= IDEAL_TARGET else 'NO'}) "
+            f"| {' / '.join(_f(g(r, 'dev'), '.3f') for r in (o, h, f))} ({(o or h)['dev_metric_name']}) |")
+    peaks = ", ".join(f"{r['task']}: {r['ideal']['matmul_peak_gflops']:.0f}" for r in rows)
+    lines += ["", "ours = `run_glue.py` with its defaults; HF Trainer = `bitfit_experiments/bench/hf_trainer_peer.py` "
+              "(requires_grad on biases + head, DataCollatorWithPadding, Trainer defaults, save_strategy no, one dev "
+              "evaluation at the end at Trainer's eval batch 8); official = `run_glue.py " + " ".join(OFFICIAL_FLAGS)
+              + "` (padding to 128, the training split re-evaluated, eval batch 8), run whole-process for the tasks of "
+              "--whole-process-official only. vs X = X's seconds / ours (the targets of issue #15 in parentheses). "
+              "ideal training = real training tokens x 4N FLOPs (N = non-embedding parameters) at the fp32 matmul "
+              f"GFLOP/s measured after the cases ({peaks}). "
+              "Timings on a machine shared with other jobs are not comparable: run in a quiet window."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # the driver: one subprocess per case, then the tables
 
 def cases(tasks, types, bf16_tasks):
@@ -535,6 +684,19 @@ def _parser():
     p.add_argument("--full-epoch-epochs", type=int, default=1, help="epochs of each --full-epoch run")
     p.add_argument("--full-epoch-train-size", type=int, default=2000,
                    help="training subset of the --full-epoch runs (0: the whole split)")
+    p.add_argument("--whole-process", nargs="*", default=[], metavar="TASK[:SIZE]",
+                   help="also run, per task, whole processes side by side (BitFit, 1 epoch, batch 8, lr 1e-3): "
+                   "run_glue.py with its defaults, the usual HF Trainer way (bench/hf_trainer_peer.py) and, for the "
+                   "tasks of --whole-process-official, the official pipeline; wall seconds of each whole process, its "
+                   "training phase, the speed-ups against issue #15's targets and the ideal training time. Run in a "
+                   "quiet window; add `--tasks` (nothing) to skip the timed-step cases")
+    p.add_argument("--whole-process-train-size", type=int, default=2000,
+                   help="training subset of the --whole-process cases (TASK:SIZE overrides; 0: the whole split)")
+    p.add_argument("--whole-process-official", nargs="*", default=["cola"], metavar="TASK",
+                   help="tasks whose official pipeline also runs whole-process (slow: padding to 128 and the training "
+                   "split re-evaluated)")
+    p.add_argument("--whole-process-repeats", type=int, default=1, help="runs of each whole-process case, "
+                   "interleaved; the fastest counts")
     p.add_argument("--gpu-device", type=int, default=None)
     p.add_argument("--out", default="results/benchmark")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: JSON of one case, run in-process
@@ -553,6 +715,7 @@ def main(argv=None):
     for spec, (task, ft) in zip(args.full_epoch, full_specs):
         if task not in GLUE_TASKS or ft not in TYPES:
             p.error(f"--full-epoch {spec!r}: use TASK:TYPE with TYPE one of {', '.join(TYPES)}, e.g. sst2:bitfit")
+    whole_specs = _whole_process_specs(p, args.whole_process)
     if args.case:
         task, ft, pipeline, prec = json.loads(args.case)
         res = run_case(task, ft, pipeline, model_path=model, data_dir=data_dir, steps=args.steps,
@@ -575,6 +738,7 @@ def main(argv=None):
     started = time.perf_counter()
     rows = _run_cases(base, env, cases(args.tasks, args.types, set(args.bf16_tasks or [])))
     full = _run_full_epochs(full_specs, model, data_dir, args)
+    whole = _run_whole_process(whole_specs, model, data_dir, args)
     table = summarise(rows)
     meta = {"model": model, "device": "cpu" if args.gpu_device is None else f"cuda:{args.gpu_device}",
             "threads": threads, "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"), "cpu": _cpu_name(), "steps": args.steps, "repeats": args.repeats, "sst2_train_size": args.sst2_train_size,
@@ -584,9 +748,11 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "benchmark.json"), {
         "meta": meta, "summary": table, "cases": rows,
-        "full_epoch": [{"task": t, "fine_tune_type": ft, **r} for (t, ft), r in full.items()]})
+        "full_epoch": [{"task": t, "fine_tune_type": ft, **r} for (t, ft), r in full.items()],
+        "whole_process": whole})
     md = (to_markdown(table, meta) if rows else "") + (
-        full_epoch_markdown(full, args.full_epoch_epochs, args.full_epoch_train_size) if full else "")
+        full_epoch_markdown(full, args.full_epoch_epochs, args.full_epoch_train_size) if full else "") + (
+        whole_process_markdown(whole) if whole else "")
     atomic_write_text(os.path.join(args.out, "benchmark.md"), md)
     print()
     print(md)
@@ -613,6 +779,31 @@ def _run_cases(base, env, todo):
               f"{r['real_tokens_per_sec']:.0f} real tok/s  dev {r['dev_metric']:.3f}  peak {r['peak_memory_mb']:.0f} MB"
               f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     return rows
+
+
+def _whole_process_specs(p, specs):
+    """--whole-process TASK[:SIZE] ... -> [(task, size or None)]; a bad one is a usage error."""
+    out = []
+    for spec in specs:
+        task, _, size = spec.partition(":")
+        if task not in GLUE_TASKS or (size and not size.isdigit()):
+            p.error(f"--whole-process {spec!r}: use TASK or TASK:SIZE with TASK one of {', '.join(GLUE_TASKS)}")
+        out.append((task, int(size) if size else None))
+    return out
+
+
+def _run_whole_process(specs, model, data_dir, args):
+    """The --whole-process rows (run directories in a scratch folder, removed after)."""
+    if not specs:
+        return []
+    scratch = tempfile.mkdtemp(prefix="bitfit_whole_process_")
+    try:
+        return whole_process_run(specs, model=model, data_dir=data_dir, out_dir=scratch,
+                                 default_train_size=args.whole_process_train_size or None,
+                                 official_tasks=set(args.whole_process_official or []),
+                                 repeats=max(1, args.whole_process_repeats))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_full_epochs(full_specs, model, data_dir, args):
