@@ -28,6 +28,10 @@ def _parser():
     p.add_argument("--bank-dir", required=True, help="the bank's directory: its member list (bank.json) and its one "
                    "checkpoint; a new bank needs a new or empty directory, the same one resumes it")
     p.add_argument("--runs", metavar="RUNS_FILE", help="a file with one member per line: run_glue.py flags")
+    p.add_argument("--gpu-device", "-d", type=int, default=None, help="train the bank on this GPU (overrides the "
+                   "members' own -d)")
+    p.add_argument("--resume", action="store_true", help="continue the bank in --bank-dir with the members its "
+                   "bank.json records (no member flags needed)")
     return p
 
 
@@ -67,6 +71,19 @@ def member_configs(member_argvs):
     return configs
 
 
+def recorded_configs(bank_dir):
+    """The member configs bank.json in `bank_dir` records."""
+    import json
+    path = os.path.join(bank_dir, "bank.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [RunConfig.from_dict(m["args"]) for m in json.load(f)["members"]]
+    except OSError:
+        raise UsageError(f"--resume: {bank_dir} holds no bank (no bank.json); give the bank's directory") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"--resume: {path} is damaged; delete {bank_dir} to start the bank again") from None
+
+
 def rerun_configs(saved, given, new_dir):
     """The configs of a bank re-executed from a member's config.json (`saved`, with its "bank"), into `new_dir`:
     one subdirectory per member; `given` (explicit run_glue flags) overrides every member's saved settings."""
@@ -101,11 +118,22 @@ def launch_bank(configs, bank_dir):
 def main(argv=None):
     own, members = split_members(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
+    if args.resume:
+        if members or args.runs:
+            raise UsageError("--resume takes the members from --bank-dir's bank.json; give no member flags with it")
+        return launch_bank(_on_gpu(recorded_configs(args.bank_dir), args.gpu_device), args.bank_dir)
     if args.runs:
         members = members + read_runs_file(args.runs)
     if not members:
         raise UsageError("no members: give --runs RUNS_FILE or members after `--` (run_glue.py flags each)")
-    launch_bank(member_configs(members), args.bank_dir)
+    launch_bank(_on_gpu(member_configs(members), args.gpu_device), args.bank_dir)
+
+
+def _on_gpu(configs, gpu):
+    if gpu is not None:
+        for c in configs:
+            c.gpu_device = gpu
+    return configs
 
 
 if __name__ == "__main__":

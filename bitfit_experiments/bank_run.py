@@ -82,6 +82,10 @@ def run_bank(configs, bank_dir):
         if all(r is not None for r in done):
             print(f"{bank_dir}: every member is complete; nothing to do")
             return done
+        if any(done) and load_checkpoint(bank_dir, expected=BANK_FORMAT) is None:
+            left = [c.output_path for c, r in zip(configs, done) if r is None]
+            raise UsageError(f"bank {bank_dir} has finished (its checkpoint is gone) without {left[0]}"
+                             f"{f' and {len(left) - 1} more' if len(left) > 1 else ''}; run those alone")
         b = prepare(configs, bank_dir, resume=resuming)
         _write_configs(b)
         with _recording_failures(b):

@@ -5,6 +5,9 @@
 #   DRY_RUN=1          print one line per run (the exact run_glue.py command) and exit; nothing is run or written
 #   GPUS="0 1 2 3"     one worker per listed GPU, each running one run at a time (-d N); empty: CPU workers
 #   CPU_WORKERS=2      without GPUS: that many runs at a time, the cores split between them (default 1)
+#   BANK=K             train bitfit runs that differ only in learning rate, seed and --bias-terms as bias banks of
+#                      at most K (run_bank.py: one model, one pass per step for all; bitfit_experiments/bank_plan.py
+#                      groups them); every other run goes alone. Each member still writes its own run directory.
 #   SLURM=1            submit the sweep to SLURM instead (see "SLURM" below); SBATCH_ARGS="--gres=gpu:1 -p gpu ..."
 #                      go to every array, SBATCH_REPORT_ARGS (default: SBATCH_ARGS) to the report job;
 #                      SLURM_MAX_PARALLEL=N: at most N runs of the sweep at a time
@@ -47,6 +50,7 @@ SEEDS="${SEEDS:-0 1 2 3 4}"
 GPUS="${GPUS:-}"
 DRY_RUN="${DRY_RUN:-0}"
 SLURM="${SLURM:-0}"
+BANK="${BANK:-1}"
 SLURM_MAX_PARALLEL="${SLURM_MAX_PARALLEL:-}"
 SBATCH_ARGS="${SBATCH_ARGS:-}"
 SBATCH_REPORT_ARGS="${SBATCH_REPORT_ARGS-$SBATCH_ARGS}"
@@ -76,6 +80,7 @@ usage_error() {
 }
 
 [[ "$SLURM" == 0 || "$SLURM" == 1 ]] || usage_error "SLURM=$SLURM: use SLURM=1 (submit to SLURM) or leave it unset"
+[[ "$BANK" =~ ^[1-9][0-9]*$ ]] || usage_error "BANK=$BANK: give the most runs per bias bank (a positive number; 1 = no banks)"
 [[ -z "$SLURM_MAX_PARALLEL" || "$SLURM_MAX_PARALLEL" =~ ^[1-9][0-9]*$ ]] \
     || usage_error "SLURM_MAX_PARALLEL=$SLURM_MAX_PARALLEL: give a positive number of runs at a time, or unset it"
 
@@ -253,11 +258,59 @@ except (OSError, ValueError, AttributeError):
 PY
 }
 
+# plan_banks: with BANK > 1, RUN_CMDS becomes the job list of bitfit_experiments/bank_plan.py (bankable runs grouped
+# into run_bank.py commands of at most BANK members, everything else unchanged).
+plan_banks() {
+    ((BANK > 1 && ${#RUN_CMDS[@]} > 0)) || return 0
+    local planned
+    planned="$(printf '%s\n' "${RUN_CMDS[@]}" | (cd "$REPO" && "$PYTHON" -m bitfit_experiments.bank_plan \
+        --bank "$BANK" --banks-dir "$(abs_path "$RUNS_DIR")/banks" --python "$PYTHON"))" \
+        || usage_error "BANK=$BANK: could not group the runs into banks with PYTHON=$PYTHON"
+    mapfile -t RUN_CMDS <<<"$planned"
+}
+
+# run_bank_one INDEX COMMAND [GPU]: a bias bank (run_bank.py). Skipped while another process holds the bank's lock;
+# a new bank first empties its members' leftover directories (as run_one does, under each run's lock).
+run_bank_one() {
+    local i="$1" cmd="$2" gpu="${3:-}" bank="" k rc=0 action
+    local -a ARGV
+    eval "ARGV=($cmd)"
+    for ((k = 0; k + 1 < ${#ARGV[@]}; k++)); do
+        [[ "${ARGV[k]}" == --bank-dir ]] && bank="${ARGV[k + 1]}"
+    done
+    if "$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1])
+from bitfit_experiments.artifacts.lock import is_locked
+sys.exit(0 if is_locked(sys.argv[2]) else 1)' "$REPO" "$bank"; then
+        echo "[$i] skip (another process is running this bank): $bank"
+        return 0
+    fi
+    if [[ ! -f "$bank/bank.json" ]]; then
+        for ((k = 0; k + 1 < ${#ARGV[@]}; k++)); do
+            if [[ "${ARGV[k]}" == -o ]]; then
+                action="$(prepare_run "${ARGV[k + 1]}")" || return 1
+                [[ "$action" == complete || "$action" == held ]] && { echo "[$i] skip bank ($action member ${ARGV[k + 1]}; rerun the sweep to regroup): $bank"; return 0; }
+            fi
+        done
+    fi
+    [[ -n "$gpu" ]] && ARGV+=(-d "$gpu")
+    mkdir -p "$(dirname "$bank")"
+    echo "[$i] bank${gpu:+ on GPU $gpu}: $bank"
+    echo "=== $(date '+%F %T') on $(hostname)${SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}: ${ARGV[*]}" >>"$bank.log"
+    "${ARGV[@]}" >>"$bank.log" 2>&1 || rc=$?
+    ((rc == 0)) && return 0
+    echo "[$i] FAILED (see $bank.log): $bank" >&2
+    return 1
+}
+
 # run_one INDEX COMMAND [GPU]: skip a complete run and one that another process is running; continue a killed one
 # from its epoch-end checkpoint (--resume); empty and redo anything else (failed, or killed before its first
 # checkpoint). Returns 1 when the run failed.
 run_one() {
     local i="$1" cmd="$2" gpu="${3:-}" dir action rc=0
+    if [[ "$cmd" == *run_bank.py* ]]; then
+        run_bank_one "$@"
+        return
+    fi
     local -a ARGV
     local RUN_DIR
     parse_cmd "$cmd"
@@ -315,9 +368,10 @@ run_all() {
         slurm_submit
         return 0
     fi
+    plan_banks
     if [[ "$DRY_RUN" == 1 ]]; then
         ((n == 0)) || printf '%s\n' "${RUN_CMDS[@]}"
-        echo "# $n runs" >&2
+        echo "# $n runs${BANK:+$( ((BANK > 1)) && echo " in ${#RUN_CMDS[@]} jobs (banks of at most $BANK)")}" >&2
         return 0
     fi
     if ((n == 0)); then
@@ -458,6 +512,14 @@ slurm_submit() {
         echo "sweep: all $n runs in $RUNS_DIR are complete: no array submitted"
         SWEEP_DONE=1  # the report still follows (run_report), as after a local sweep
         return 0
+    fi
+    if ((BANK > 1)); then  # the incomplete runs, grouped into banks: the list is then one job per line
+        local -a kept=()
+        for i in "${todo[@]}"; do kept+=("${RUN_CMDS[$i]}"); done
+        RUN_CMDS=("${kept[@]}")
+        plan_banks
+        todo=()
+        for ((i = 0; i < ${#RUN_CMDS[@]}; i++)); do todo+=("$i"); done
     fi
     for i in "${todo[@]}"; do
         [[ "${RUN_CMDS[$i]}" != *$'\n'* ]] || usage_error "a run command holds a line break (EXTRA_ARGS?); the SLURM run list has one command per line"

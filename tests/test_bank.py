@@ -388,3 +388,53 @@ def test_mixed_serving_refuses_weight_changing_packs(tmp_path, tiny_model_dir, t
     assert run(c).status == "complete"
     with pytest.raises(UsageError, match="only bias-only packs"):
         MixedTaskServer(tiny_model_dir, [str(tmp_path / "ft" / "pack")])
+
+
+# ---------------------------------------------------------------------------------------------- BANK=K in the sweeps
+
+SWEEP = """#!/usr/bin/env bash
+source "{repo}/scripts/sweep_lib.sh"
+RUNS_DIR="${{RUNS_DIR}}"
+for seed in 0 1; do
+  for lr in 1e-3 3e-3; do add_run "{model}" tiny bitfit rte "$lr" "$seed" "" --no-progress; done
+done
+add_run "{model}" tiny bq rte 1e-3 0 "" --no-progress
+add_run "{model}" tiny frozen rte 1e-3 0 "" --no-progress
+run_all
+"""
+
+
+def test_bank_k_groups_a_sweeps_bitfit_runs_and_a_rerun_skips_them(tmp_path, nodrop_model_dir, tiny_glue_dir):
+    script = tmp_path / "sweep.sh"
+    script.write_text(SWEEP.format(repo=REPO, model=nodrop_model_dir))
+    env = {**os.environ, "PYTHON": sys.executable, "RUNS_DIR": str(tmp_path / "runs"), "DATA_DIR": tiny_glue_dir,
+           "EPOCHS": "1", "BATCH": "8", "BANK": "3", "REPORT": "0"}
+    dry = subprocess.run(["bash", str(script)], env={**env, "DRY_RUN": "1"}, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    jobs = dry.stdout.splitlines()
+    # 5 bitfit-type runs (4 all-bias + 1 b_q, which may share a bank) -> banks of 3 and 2; frozen alone
+    assert sum("run_bank.py" in j for j in jobs) == 2 and sum("run_glue.py" in j for j in jobs) == 1, jobs
+    assert "-f frozen" in next(j for j in jobs if "run_glue.py" in j)
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    first = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    runs = [os.path.join(r, "results.json") for r, _, files in os.walk(tmp_path / "runs") if "results.json" in files]
+    assert len(runs) == 6
+    banked = 0
+    for path in runs:
+        with open(path) as f:
+            assert json.load(f)["status"] == "complete", path
+        with open(os.path.join(os.path.dirname(path), "config.json")) as f:
+            banked += "bank" in json.load(f)
+    assert banked == 5
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skip (complete)") == 6, again.stdout
+
+
+def test_bank_k_must_be_a_positive_number(tmp_path, nodrop_model_dir):
+    script = tmp_path / "sweep.sh"
+    script.write_text(SWEEP.format(repo=REPO, model=nodrop_model_dir))
+    proc = subprocess.run(["bash", str(script)], env={**os.environ, "BANK": "0", "RUNS_DIR": str(tmp_path / "r")},
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "BANK=0" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
