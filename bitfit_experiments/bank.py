@@ -17,7 +17,7 @@ import shlex
 import sys
 
 from .artifacts.io import check_writable
-from .cli import parse_config, set_process_environment
+from .cli import parse_config, recorded_threads, set_process_environment
 from .core.config import RunConfig
 from .core.errors import UsageError, exit_on_usage_error
 
@@ -95,12 +95,13 @@ def rerun_configs(saved, given, new_dir):
     return configs, os.path.join(new_dir, "_bank")
 
 
-def launch_bank(configs, bank_dir):
-    """Run the bank; exit 1 if any member failed, 130 on an interrupt."""
+def launch_bank(configs, bank_dir, threads=None):
+    """Run the bank; exit 1 if any member failed, 130 on an interrupt. `threads`: the count to keep (a re-run or
+    resume uses the one the bank recorded)."""
     check_writable(bank_dir, "--bank-dir")
     for c in configs:
         check_writable(c.output_path, "--output-path")
-    set_process_environment(configs[0])
+    set_process_environment(configs[0], threads=threads)
     from .bank_run import run_bank  # heavy imports only after the input is known to be good
     try:
         records = run_bank(configs, bank_dir)
@@ -121,7 +122,9 @@ def main(argv=None):
     if args.resume:
         if members or args.runs:
             raise UsageError("--resume takes the members from --bank-dir's bank.json; give no member flags with it")
-        return launch_bank(_on_gpu(recorded_configs(args.bank_dir), args.gpu_device), args.bank_dir)
+        configs = _on_gpu(recorded_configs(args.bank_dir), args.gpu_device)
+        return launch_bank(configs, args.bank_dir,
+                           threads=recorded_threads(os.path.join(configs[0].output_path, "config.json")))
     if args.runs:
         members = members + read_runs_file(args.runs)
     if not members:

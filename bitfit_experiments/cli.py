@@ -225,7 +225,7 @@ def _check_model_identity(model_name, recorded, overridden):
     """A re-run must use the weights the run used: same sha256 as recorded in its config.json."""
     if not recorded or not recorded.get("sha256"):
         return  # runs from before model identities were recorded
-    from .core.model import model_identity
+    from .core.identity import model_identity
     expanded = os.path.expanduser(model_name)
     if not overridden and not os.path.isdir(expanded) and os.path.isabs(expanded):
         raise UsageError(f"--config: this run's model {recorded['name']} ({recorded['sha256'][:19]}...) is not at "
@@ -241,25 +241,39 @@ def main(argv=None):
     bank = parse_bank_rerun(argv)
     if bank is not None:  # a bias-bank member's config: the whole bank runs again
         from .bank import launch_bank
-        return launch_bank(*bank)
+        return launch_bank(*bank, threads=recorded_threads(_explicit(build_parser(), argv)["config"]))
     config = parse_config(argv)
     if not config.list_params:
         check_writable(config.output_path, "--output-path")
-    set_process_environment(config)
+    saved = _explicit(build_parser(), argv).get("config")
+    if config.resume and not saved:
+        saved = os.path.join(config.output_path, "config.json")
+    set_process_environment(config, threads=recorded_threads(saved) if saved else None)
     from .experiment import list_params, run  # heavy imports only after the flags are known to be good
     if config.list_params:
         return list_params(config)
     launch(run, config)
 
 
-def set_process_environment(config):
-    """What must be set before torch is imported (the user's own settings win)."""
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning made every small op
-    # wait 8-16 ms for the other thread here.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def set_process_environment(config, threads=None):
+    """What must be set before torch is imported (the user's own settings win): the thread policy (core/threads.py:
+    threads from the free cores, idle threads spin briefly on a dedicated machine and sleep on a shared one) and the
+    portable CPU numerics. `threads`: a count to keep (a --resume or --config re-run uses the one the run recorded)."""
+    from .core.threads import apply_thread_policy
+    apply_thread_policy(threads=threads)
     if getattr(config, "cpu_numerics", "portable") == "portable":
         for key, value in PORTABLE_CPU_ENV.items():
             os.environ.setdefault(key, value)
+
+
+def recorded_threads(path):
+    """torch_threads of a run's config.json (None if absent or unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f).get("torch_threads")
+        return int(value) if value else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def launch(run, config):

@@ -172,3 +172,24 @@ def test_a_thread_count_the_caller_must_keep_wins_over_the_load_but_not_over_the
     env = {"OMP_NUM_THREADS": "1"}
     threads.apply_thread_policy(env, threads=2, sampler=lambda: 0.0, cores=2, runtime="gnu")
     assert env["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_config_rerun_keeps_the_thread_count_the_run_recorded(tmp_path, tiny_model_dir, tiny_glue_dir):
+    """Reductions split by thread can round differently, so a re-run from config.json uses the recorded count even
+    when the policy would now pick another one."""
+    import json
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    first = subprocess.run([sys.executable, "run_glue.py", "-t", "rte", "-m", tiny_model_dir, "--data-dir",
+                            tiny_glue_dir, "-f", "bitfit", "-e", "1", "-b", "8", "--no-progress", "-o",
+                            str(tmp_path / "a")], cwd=repo, env={**env, "OMP_NUM_THREADS": "1"},
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-1500:]
+    again = subprocess.run([sys.executable, "run_glue.py", "--config", str(tmp_path / "a" / "config.json"), "-o",
+                            str(tmp_path / "b")], cwd=repo, env={**env, "BITFIT_THREADS": "dedicated"},
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-1500:]
+    with open(tmp_path / "b" / "config.json") as f:
+        assert json.load(f)["torch_threads"] == 1
