@@ -93,8 +93,10 @@ def _data_flags(p):
                    "group_by_length) to cut padding (~1.8x faster epochs on SST-2). It changes what is learned: "
                    "BitFit, SST-2 2k, 1 epoch, 4 seeds: dev 0.716+-0.038 grouped vs 0.760+-0.013 with the default "
                    "random batches (the official code's)")
-    x.add_argument("--batch-layout", choices=["padded", "packed"],
-                   help="padded (default): each batch padded to its longest example. packed: the same batches "
+    x.add_argument("--batch-layout", choices=["auto", "padded", "packed"],
+                   help="auto (default): packed on the CPU (measured faster there: no FLOP on padding), padded on a "
+                   "GPU (small steps are launch-bound there); config.json records the layout used. "
+                   "padded: each batch padded to its longest example. packed: the same batches "
                    "without padding -- each batch's examples end to end in one row, attention kept within each "
                    "example, positions restarting per example -- so no linear-layer FLOP goes to padding; the "
                    "same function up to float rounding (with dropout on, not bit-identical to padded: the random "

@@ -162,6 +162,8 @@ def _check_output(config):
                              f"output directory or a new one")
         return None
     saved = _saved_config(out)
+    if config.batch_layout == "auto":  # continue with the layout the run used
+        config.batch_layout = saved.batch_layout
     return continue_same_run(out, saved.differences(config, ignore=_resume_neutral(saved, config)), RunRecord)
 
 
@@ -232,12 +234,17 @@ def _data_path(run_, train_enc, eval_encs):
         padded = partial(collate, pad_to=c.max_seq_length)
         run_.train_fn, run_.predict_fn = partial(train_epoch, collate_fn=padded), partial(predict_logits,
                                                                                           collate_fn=padded)
+    asked = c.batch_layout
+    if asked == "auto":  # config.json (written after prepare) records the layout actually used
+        c.batch_layout = "packed" if run_.device.type == "cpu" and not c.pad_to_max_length else "padded"
     if c.batch_layout == "packed":  # the same batches, end to end without padding (core/packed.py)
         gap = packed.support(run_.model, train_enc, run_.tokenizer.pad_token_id)
         if gap is None:
             run_.train_fn, run_.predict_fn = packed.train_epoch_packed, packed.predict_logits_packed
-        else:  # config.json (written after prepare) records the layout actually used
-            print(f"note: --batch-layout packed does not fit this model ({gap}); using padded batches", flush=True)
+        else:
+            if asked == "packed":
+                print(f"note: --batch-layout packed does not fit this model ({gap}); using padded batches",
+                      flush=True)
             c.batch_layout = "padded"
     if c.fine_tune_type != "frozen" or not c.cache_features:
         return
@@ -250,7 +257,8 @@ def _data_path(run_, train_enc, eval_encs):
         run_.train_fn, run_.predict_fn = train_head_epoch, predict_head_logits
         run_.record.cached_features = True
         if c.batch_layout == "packed":  # the head trains on cached features: no token batches to lay out
-            print("note: frozen features are cached, so --batch-layout packed does not apply; recorded as padded")
+            if asked == "packed":
+                print("note: frozen features are cached, so --batch-layout packed does not apply; recorded as padded")
             c.batch_layout = "padded"
     except ValueError as e:  # a head that reads more than what is cached: use the plain loop
         print(f"note: {e}; the frozen encoder runs every step", flush=True)

@@ -25,7 +25,8 @@
 # left, only the final report job. Rerunning earlier is safe (running runs are left alone) but queues duplicates.
 EPOCHS="${EPOCHS:-10}"
 CPU_WORKERS="${CPU_WORKERS:-2}"
-EXTRA_ARGS="${EXTRA_ARGS:---no-progress --keep-checkpoint}"
+# --batch-layout padded: the protocol's runs began with padded batches (the default then); it stays fixed.
+EXTRA_ARGS="${EXTRA_ARGS:---no-progress --keep-checkpoint --batch-layout padded}"
 source "$(dirname "$0")/sweep_lib.sh"
 # Absolute: the report steps run from the repository root, SLURM tasks from wherever SLURM starts them.
 RUNS_DIR="$(abs_path "${RUNS_DIR:-$REPO/results/cpu_repro/runs}")"

@@ -169,13 +169,36 @@ def no_dropout_bert_dir(tmp_path_factory):
 
 
 def test_run_glue_packed_learns_what_padded_learns(tmp_path, no_dropout_bert_dir, tiny_glue_dir):
-    padded = _run(tmp_path / "padded", no_dropout_bert_dir, tiny_glue_dir)
+    padded = _run(tmp_path / "padded", no_dropout_bert_dir, tiny_glue_dir, "--batch-layout", "padded")
     got = _run(tmp_path / "packed", no_dropout_bert_dir, tiny_glue_dir, "--batch-layout", "packed")
     assert got.status == padded.status == "complete"
     assert _layout(tmp_path / "packed") == "packed" and _layout(tmp_path / "padded") == "padded"
+    auto = _run(tmp_path / "auto", no_dropout_bert_dir, tiny_glue_dir)  # the default: packed on the CPU
+    assert _layout(tmp_path / "auto") == "packed"
+    assert [e.train_loss for e in auto.epochs] == [e.train_loss for e in got.epochs]
     for a, b in zip(got.epochs, padded.epochs):  # same batches, same steps: equal up to float rounding
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
         assert a.metrics == padded.epochs[a.epoch - 1].metrics
+
+
+def test_a_config_without_batch_layout_reruns_padded_and_resume_keeps_the_layout(tmp_path, no_dropout_bert_dir,
+                                                                                tiny_glue_dir):
+    """Runs made before --batch-layout existed were padded: their config.json must not re-run with today's default.
+    A --resume without the flag continues with the layout the run used."""
+    import json
+    from bitfit_experiments import cli
+    from bitfit_experiments.core.config import RunConfig
+    args = RunConfig(task_name="rte", fine_tune_type="bitfit", output_path="x").to_dict()
+    del args["batch_layout"]
+    assert RunConfig.from_dict(args).batch_layout == "padded"
+    _run(tmp_path / "p", no_dropout_bert_dir, tiny_glue_dir, "--batch-layout", "padded")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    del cfg["args"]["batch_layout"]
+    (tmp_path / "legacy.json").write_text(json.dumps(cfg))
+    assert cli.parse_config(["--config", str(tmp_path / "legacy.json"), "-o", str(tmp_path / "q")]).batch_layout \
+        == "padded"
+    again = _run(tmp_path / "p", no_dropout_bert_dir, tiny_glue_dir, "--resume", "-e", "2")
+    assert again.status == "complete" and _layout(tmp_path / "p") == "padded"
 
 
 def test_run_glue_packed_falls_back_to_padded_on_a_decoder(tmp_path, tiny_glue_dir, capsys):
@@ -193,7 +216,7 @@ def test_batch_layout_flag_default_and_refusals(tmp_path):
     from bitfit_experiments.core.config import RunConfig
     from bitfit_experiments.core.errors import UsageError
     base = ["-o", str(tmp_path / "o"), "-t", "rte", "-f", "bitfit"]
-    assert cli.parse_config(base).batch_layout == "padded"
+    assert cli.parse_config(base).batch_layout == "auto"  # packed on the CPU, padded on a GPU (experiment._data_path)
     saved = RunConfig(task_name="rte", fine_tune_type="bitfit", output_path="x").to_dict()
     del saved["batch_layout"]  # a config.json written before the field existed
     assert RunConfig.from_dict(saved).batch_layout == "padded"

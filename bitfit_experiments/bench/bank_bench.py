@@ -33,6 +33,8 @@ STEPS_PER_EPOCH = 125
 BERT_BASE_UNCASED = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                          intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
 LENGTH_TASKS = {"sst2": "sst2", "rte": "rte"}
+MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+              max_position_embeddings=512, type_vocab_size=2)  # all-MiniLM-L6-v2's config
 
 
 def _default_glue():
@@ -48,25 +50,51 @@ def _default_model():
 # ---------------------------------------------------------------------------------------------- inside one case
 
 def _setup(case):
-    """(model, tokenizer, task spec, train encoding, device) of a case."""
+    """(model, tokenizer, task spec, train encoding, device) of a case. With case["lengths_file"] (the GPU script:
+    no GLUE files or weights travel there) the examples are random token ids with the real examples' lengths and the
+    model is randomly initialised from its config (speed only)."""
     import torch
     from ..core import data
     from ..core.batching import encode
     from ..core.model import load_model, load_tokenizer, resolve_device
     task = data.get_task(LENGTH_TASKS[case["lengths"]])
+    device = resolve_device(case.get("gpu_device"))
+    torch.backends.cuda.matmul.allow_tf32 = case["precision"] == "tf32"
+    torch.backends.cudnn.allow_tf32 = case["precision"] == "tf32"
+    torch.manual_seed(0)
+    if case.get("lengths_file"):
+        return (*_synthetic(case, task), task, _synthetic_encoding(case, task), device)
     tokenizer = load_tokenizer(case["model_path"])
     df = data.subsample(data.load_split(task.name, "train", case["data_dir"]), 2000, 0)
     enc = encode(tokenizer, df, 128)
-    torch.manual_seed(0)
     if case["model"] == "minilm":
         model = load_model(case["model_path"], task)
     else:
         from transformers import BertConfig, BertForSequenceClassification
         model = BertForSequenceClassification(BertConfig(num_labels=task.num_labels, **BERT_BASE_UNCASED))
-    device = resolve_device(case.get("gpu_device"))
-    if case["precision"] == "tf32" and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
     return model.to(device), tokenizer, task, enc, device
+
+
+def _synthetic(case, task):
+    """A randomly initialised model of the case's size and a stand-in tokenizer (pad id 0)."""
+    from types import SimpleNamespace
+    from transformers import BertConfig, BertForSequenceClassification
+    sizes = MINILM if case["model"] == "minilm" else BERT_BASE_UNCASED
+    model = BertForSequenceClassification(BertConfig(num_labels=task.num_labels, **sizes))
+    from ..core.model import resolve_device
+    return model.to(resolve_device(case.get("gpu_device"))), SimpleNamespace(pad_token_id=0)
+
+
+def _synthetic_encoding(case, task):
+    import numpy as np
+    import torch
+    from ..core.batching import Encoded
+    with open(case["lengths_file"]) as f:
+        lengths = np.asarray(json.load(f)[case["lengths"]], dtype=np.int64)
+    g = torch.Generator().manual_seed(0)
+    ids = [[101] + torch.randint(1000, 30000, (int(n) - 2,), generator=g).tolist() + [102] for n in lengths]
+    return Encoded(ids, [[0] * len(x) for x in ids], torch.randint(0, task.num_labels, (len(ids),), generator=g),
+                   lengths)
 
 
 def _bank_case(case, model, tokenizer, task, enc, device):
@@ -142,11 +170,19 @@ def _sync(device):
 def run_case(case):
     import torch
     from .benchmark import _status_mb
+    import gc
+    gc.collect()  # the previous in-process case's model and bank (reference cycles) must be gone before timing
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model, tokenizer, task, enc, device = _setup(case)
-    startup = time.perf_counter() - START
+    startup = case.get("startup_s") or (time.perf_counter() - START)
     fn = _bank_case if case["mode"] == "bank" else _single_case
     times, tokens = fn(case, model, tokenizer, task, enc, device)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _status_mb("VmHWM"))
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return {**case, "startup_s": startup, "step_s": sum(times) / len(times), "tokens_per_step": tokens / len(times),
             "peak_mb": peak, "threads": torch.get_num_threads(), "device": str(device)}
 
@@ -283,8 +319,39 @@ def _parser():
     p.add_argument("--data-dir", default=None, help="GLUE files (default: $GLUE_DIR, else ../shared/glue)")
     p.add_argument("--gpu-device", type=int, default=None)
     p.add_argument("--out", default="results/benchmark/banks")
+    p.add_argument("--lengths-file", default=None, help="JSON {sst2: [lengths], rte: [lengths]} (write it with "
+                   "--write-lengths): random token ids of those lengths and randomly initialised models, for a "
+                   "machine without the GLUE files or the weights (the GPU script)")
+    p.add_argument("--write-lengths", default=None, metavar="FILE", help="write the lengths of the 2,000-example "
+                   "SST-2 and RTE subsets (MiniLM tokenizer) to FILE and exit")
+    p.add_argument("--in-process", action="store_true", help="every case in this process (GPU: peak memory per "
+                   "case from the CUDA allocator; start-up measured once, for a fresh process that loads a model)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _in_process_startup():
+    """Seconds from a fresh interpreter to a model on the device: what every separate run pays once."""
+    code = ("import time; t=time.perf_counter(); import torch, transformers; "
+            "from transformers import BertConfig, BertForSequenceClassification; "
+            "m=BertForSequenceClassification(BertConfig()).to('cuda' if torch.cuda.is_available() else 'cpu'); "
+            "print(time.perf_counter()-t)")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def write_lengths(path, model_path, data_dir):
+    from ..core import data
+    from ..core.batching import encode
+    from ..core.model import load_tokenizer
+    tokenizer = load_tokenizer(model_path)
+    out = {}
+    for name in LENGTH_TASKS:
+        df = data.subsample(data.load_split(name, "train", data_dir), 2000, 0)
+        out[name] = encode(tokenizer, df, 128).lengths.tolist()
+    with open(path, "w") as f:
+        json.dump(out, f)
 
 
 def _cases(args, model_path, data_dir):
@@ -307,16 +374,24 @@ def _cases(args, model_path, data_dir):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.write_lengths:
+        return write_lengths(args.write_lengths, str(args.model or _default_model()),
+                             str(args.data_dir or _default_glue()))
     if args.case:
         case = json.loads(args.case)
         print(json.dumps(serve_case(case) if case.get("mode") == "serve" else run_case(case)))
         return
-    model_path, data_dir = str(args.model or _default_model()), str(args.data_dir or _default_glue())
+    if args.lengths_file:
+        model_path = data_dir = None
+    else:
+        model_path, data_dir = str(args.model or _default_model()), str(args.data_dir or _default_glue())
     env = dict(os.environ)
     todo, skipped = _cases(args, model_path, data_dir)
     rows = []
+    startup = _in_process_startup() if args.in_process else None
     for case in todo:
-        rows.append(_subprocess(case, env))
+        case["lengths_file"] = args.lengths_file
+        rows.append(run_case({**case, "startup_s": startup}) if args.in_process else _subprocess(case, env))
         print(f"{case['mode']:6s} {case['model']:9s} {case['lengths']:4s} {case['precision']} K={case['k']:<2d} "
               f"step {rows[-1]['step_s']:.3f}s  peak {rows[-1]['peak_mb']:.0f} MB", flush=True)
     serve = None

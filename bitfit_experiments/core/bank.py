@@ -251,6 +251,8 @@ def check_members(configs):
             raise UsageError(f"bias bank: --fine-tune-type {why} (only bitfit, with any --bias-terms, can be banked)")
         if c.batch_layout == "packed":
             raise UsageError("bias bank: --batch-layout packed is not supported in a bank; use padded batches")
+        if c.batch_layout == "auto":  # a bank's batches are padded member blocks; config.json records it
+            c.batch_layout = "padded"
         if c.precision == "fp16":
             raise UsageError("bias bank: fp16 needs one loss scaler per member; use --precision bf16 or fp32")
         if c.list_params:

@@ -27,7 +27,10 @@ PAPER_NOTATION = {  # paper Table 4
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "linear")
 PRECISIONS = ("fp32", "bf16", "fp16")
-BATCH_LAYOUTS = ("padded", "packed")  # packed: core/packed.py; a config.json without the field is padded
+BATCH_LAYOUTS = ("auto", "padded", "packed")  # packed: core/packed.py; auto: packed on the CPU, padded on a GPU
+# Settings a config.json written before they existed lacks: the value that was in force then (not today's default),
+# so that an old run re-runs as it ran.
+LEGACY_DEFAULTS = {"batch_layout": "padded"}
 SEED_MAX = 2**32 - 1  # numpy's seed range
 # --cpu-numerics portable: the CPU code paths every x86-64 machine with AVX2 runs alike, so that a run re-runs
 # bit-identically on another CPU type (measured: a Full-FT run made on an AVX2 machine differs in the 7th digit of
@@ -64,7 +67,7 @@ class RunConfig:
     eval_batch_size: int = 64
     pad_to_max_length: bool = False
     group_by_length: bool = False
-    batch_layout: str = "padded"
+    batch_layout: str = "auto"
     rand_mask_size: int | None = None
     lora_r: int = 8
     lora_alpha: float = 8.0
@@ -98,7 +101,7 @@ class RunConfig:
         missing = [n for n in ("task_name", "fine_tune_type") if d.get(n) is None]
         if missing:
             raise UsageError(f"config lacks {', '.join(missing)}; it is not a run_glue.py config.json")
-        return cls(**d)
+        return cls(**{**LEGACY_DEFAULTS, **d})
 
     def to_dict(self):
         return asdict(self)
