@@ -209,9 +209,8 @@ def apply_thread_policy(environ=None, *, threads=None, sampler=busy_cores, cores
     plan = decide(cores, busy, environ, mode, runtime)
     for key, value in plan.env.items():
         environ.setdefault(key, value)
-    if environ is os.environ and "torch" in sys.modules:
-        print("warning: the thread policy was applied after torch was imported; it takes effect in child processes "
-              "only", file=sys.stderr)
+    # Applied after torch was imported (an in-process caller: a notebook, the tests), the variables reach only child
+    # processes; this process keeps the threads torch started with. Nothing to warn a user about.
     return plan
 
 
