@@ -36,7 +36,8 @@ from .core.bank_train import predict_bank_logits, train_bank_epoch
 from .core.config import RESUME_NEUTRAL, RunConfig
 from .core.errors import UsageError, first_line
 from .core.model import cpu_numerics, load_model, model_identity, peak_memory_mb, resolve_device
-from .core.trainer import build_optimizer, build_scheduler, epoch_generator, set_seed
+from .core.bank_optim import BankAdamW
+from .core.trainer import epoch_generator, set_seed
 
 BANK_FILE = "bank.json"
 
@@ -52,7 +53,7 @@ class Bank:
     def __init__(self, configs, bank_dir):
         self.configs, self.bank_dir = list(configs), bank_dir
         self.runs, self.bank, self.encs, self.eval_encs = [], None, [], []
-        self.optimizers, self.schedulers, self.params = [], [], []
+        self.optimizer = None
         self.start_epoch, self.device, self.tokenizer, self.task = 1, None, None, None
 
     @property
@@ -150,6 +151,10 @@ def prepare(configs, bank_dir, resume=False):
         sels.append(sel)
     b.bank = banks.BiasBank(model, members)
     _member_runs(b, model, sels)
+    c, steps = first, -(-len(b.encs[0].lengths) // first.batch_size) * first.epochs
+    b.optimizer = BankAdamW(b.bank.parameters(), b.bank.grad_masks(), [m.learning_rate for m in configs],
+                            name=c.optimizer, weight_decay=c.weight_decay, schedule=c.lr_schedule,
+                            total_steps=steps, warmup_ratio=c.warmup_ratio)
     set_seed(first.seed)  # the bank's own dropout stream
     if resume:
         _continue_from_checkpoint(b)
@@ -180,7 +185,7 @@ def _load_heads(b):
 
 
 def _member_runs(b, model, sels):
-    """One experiment.Run per member (its data, record, snapshot), and its optimizer and scheduler."""
+    """One experiment.Run per member: its data, record and snapshot."""
     by_seed, snap0 = {}, None
     for k, (c, sel) in enumerate(zip(b.configs, sels)):
         if c.seed not in by_seed:
@@ -200,19 +205,13 @@ def _member_runs(b, model, sels):
                                      test_dfs=test_dfs))
         b.encs.append(train_enc)
         b.eval_encs.append(dict(eval_encs))
-        params = b.members[k].parameters(sel.trainable)
-        b.params.append(params)
-        b.optimizers.append(build_optimizer(params, c.optimizer, c.learning_rate, c.weight_decay))
-        steps = -(-len(train_enc.lengths) // c.batch_size) * c.epochs
-        b.schedulers.append(build_scheduler(b.optimizers[-1], c.lr_schedule, steps, c.warmup_ratio))
 
 
 def _continue_from_checkpoint(b):
     ckpt = load_checkpoint(b.bank_dir, expected=BANK_FORMAT)
     if ckpt is None:
         return
-    done, saved = restore_bank_checkpoint(ckpt, members=b.members, optimizers=b.optimizers,
-                                          schedulers=b.schedulers)
+    done, saved = restore_bank_checkpoint(ckpt, bank=b.bank, optimizer=b.optimizer)
     for r, d in zip(b.runs, saved):
         r.record = RunRecord.from_dict(d)
         r.record.resumed_after_epochs = r.record.resumed_after_epochs + [done]
@@ -230,7 +229,7 @@ def fit(b):
     for epoch in range(b.start_epoch, c.epochs + 1):
         start = time.perf_counter()
         gens = [epoch_generator(m.seed, epoch) for m in b.configs]
-        losses = train_bank_epoch(b.bank, b.encs, gens, b.optimizers, b.schedulers, b.params,
+        losses = train_bank_epoch(b.bank, b.encs, gens, b.optimizer,
                                   batch_size=c.batch_size, device=b.device, pad_token_id=b.tokenizer.pad_token_id,
                                   is_regression=b.task.is_regression, precision=c.precision,
                                   group_by_length=c.group_by_length, on_failure=lambda k: _fail(b, k))
@@ -248,8 +247,8 @@ def fit(b):
             r.record.peak_memory_mb = max(r.record.peak_memory_mb or 0.0, peak_memory_mb(b.device))
             r.save_record()
         if c.checkpoint and (epoch < c.epochs or c.keep_checkpoint):
-            save_bank_checkpoint(b.bank_dir, epoch=epoch, members=b.members, optimizers=b.optimizers,
-                                 schedulers=b.schedulers, results=[r.record.to_dict() for r in b.runs])
+            save_bank_checkpoint(b.bank_dir, epoch=epoch, bank=b.bank, optimizer=b.optimizer,
+                                 results=[r.record.to_dict() for r in b.runs])
         alive = [k for k in range(len(b.runs)) if b.members[k].failed is None]
         shown = "  ".join(f"{b.members[k].name} {b.runs[k].record.headline('last'):.4f}" for k in alive)
         print(f"epoch {epoch} ({train_time:.1f}s): {shown}", flush=True)
@@ -284,11 +283,12 @@ def _split_metrics(b, split, logits, labels):
 
 
 def _finite_member(b, k):
-    return all(bool(torch.isfinite(p).all()) for _, p in b.members[k].named_parameters())
+    return all(bool(torch.isfinite(t).all()) for t in b.bank.member_tensors(k).values())
 
 
 def _fail(b, k):
-    """Member k stops: its record says "failed" with the reason; the others go on."""
+    """Member k stops (its rows frozen): its record says "failed" with the reason; the others go on."""
+    b.optimizer.freeze(k)
     r = b.runs[k]
     r.record.status, r.record.failure_reason = "failed", b.members[k].failed
     r.save_record()

@@ -19,6 +19,7 @@ import torch
 from transformers import BertForSequenceClassification, RobertaForSequenceClassification
 
 from bitfit_experiments.core import bank as banks, selection
+from bitfit_experiments.core.bank_optim import BankAdamW
 from bitfit_experiments.core.bank_train import bank_step, stack_batches
 from bitfit_experiments.core.trainer import build_optimizer, build_scheduler, train_step
 from model_configs import tiny_bert, tiny_roberta
@@ -64,7 +65,7 @@ def _single_runs(base, members, max_grad_norm):
     return runs
 
 
-def _bank_of(base, runs, members):
+def _bank_of(base, runs, members, max_grad_norm=1.0):
     """The same members as one bank over a copy of the base model, each with a copy of its run's head."""
     model = copy.deepcopy(base)
     model.requires_grad_(False)
@@ -73,15 +74,15 @@ def _bank_of(base, runs, members):
                            {"classifier": copy.deepcopy(run_model.classifier)}, name=str(k))
           for k, (run_model, sel, *_rest) in enumerate(runs)]
     bank = banks.BiasBank(model, ms)
-    params = [m.parameters(sel.trainable) for m, (_, sel, *_r) in zip(ms, runs)]
-    opts = [build_optimizer(p, "adamw", lr) for p, (lr, _, _) in zip(params, members)]
-    return bank, params, opts, [build_scheduler(o, "constant", 100) for o in opts]
+    opt = BankAdamW(bank.parameters(), bank.grad_masks(), [lr for lr, _, _ in members], total_steps=100,
+                    max_grad_norm=max_grad_norm)
+    return bank, opt
 
 
 def _train_both(arch, steps, members=MEMBERS, max_grad_norm=1.0, batch=8):
     base, pad = _base(arch)
     runs = _single_runs(base, members, max_grad_norm)
-    bank, params, opts, scheds = _bank_of(base, runs, members)
+    bank, bank_opt = _bank_of(base, runs, members, max_grad_norm)
     active = list(range(len(members)))
     for step in range(steps):
         parts = [_batch(1000 * step + k, batch, pad) for k in active]
@@ -90,8 +91,8 @@ def _train_both(arch, steps, members=MEMBERS, max_grad_norm=1.0, batch=8):
             train_step(model, dict(parts[k]), opt, sched, None, p, device=torch.device("cpu"), is_regression=False,
                        max_grad_norm=max_grad_norm)
         bank.model.train()
-        bank_step(bank, active, [dict(b) for b in parts], opts, scheds, params, device=torch.device("cpu"),
-                  pad_token_id=pad, is_regression=False, max_grad_norm=max_grad_norm)
+        bank_step(bank, active, [dict(b) for b in parts], bank_opt, device=torch.device("cpu"), pad_token_id=pad,
+                  is_regression=False)
     return runs, bank, pad
 
 
@@ -128,7 +129,7 @@ def test_twenty_banked_steps_stay_within_1e_4_of_separate_runs(arch):
     for a, b in zip(separate, banked):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     for k, (model, sel, *_r) in enumerate(runs):  # the trained tensors themselves, member by member
-        own = dict(bank.members[k].named_parameters())
+        own = bank.member_tensors(k)
         for name, p in model.named_parameters():
             if p.requires_grad:
                 torch.testing.assert_close(own[name], p, rtol=1e-4, atol=1e-5)
@@ -147,10 +148,10 @@ def test_untrained_families_keep_their_pretrained_values_bit_identical():
     runs, bank, pad = _train_both("bert", steps=3)
     q_only = bank.members[1]  # trains the query biases (and the pooler bias, as every bitfit selection)
     base = dict(bank.model.named_parameters())
-    assert all(".query." in n or ".pooler." in n for n in q_only.biases)
+    assert all(".query." in n or ".pooler." in n for n in q_only.trained)
     with bank.member_view(1) as model:
         for name, p in model.named_parameters():
-            if name.endswith("bias") and name not in q_only.biases and not name.startswith("classifier"):
+            if name.endswith("bias") and name not in q_only.trained and not name.startswith("classifier"):
                 assert torch.equal(p, runs[1][0].state_dict()[name]), name
     # the view is undone: the base values are back
     for name, p in bank.model.named_parameters():
@@ -438,3 +439,18 @@ def test_bank_k_must_be_a_positive_number(tmp_path, nodrop_model_dir):
     proc = subprocess.run(["bash", str(script)], env={**os.environ, "BANK": "0", "RUNS_DIR": str(tmp_path / "r")},
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "BANK=0" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_rows_a_member_does_not_train_never_move_even_with_weight_decay():
+    base, pad = _base("bert")
+    runs = _single_runs(base, MEMBERS, 1.0)
+    bank, _ = _bank_of(base, runs, MEMBERS)
+    opt = BankAdamW(bank.parameters(), bank.grad_masks(), [1e-2] * 3, weight_decay=0.1, total_steps=10)
+    before = {n: bank.rows[n].detach().clone() for n in bank.slots}
+    for step in range(3):
+        bank_step(bank, [0, 1, 2], [_batch(step * 10 + k, 8, pad) for k in range(3)], opt,
+                  device=torch.device("cpu"), pad_token_id=pad, is_regression=False)
+    for n in bank.slots:
+        for k in range(3):
+            moved = not torch.equal(bank.rows[n][k], before[n][k])
+            assert moved == bool(bank.masks[n][k, 0] > 0), (n, k)  # trained rows move, the others stay exact

@@ -110,56 +110,42 @@ def remove_checkpoint(out_dir):
 
 # ---------------------------------------------------------------------------------------------- bias banks
 
-BANK_FORMAT = "bitfit-glue-bank-checkpoint/1"
+BANK_FORMAT = "bitfit-glue-bank-checkpoint/2"
 
 
-def save_bank_checkpoint(bank_dir, *, epoch, members, optimizers, schedulers, results):
-    """One atomic checkpoint for a whole bias bank (core/bank.py): every member's tensors (biases and head), its
-    optimizer and scheduler state, its record so far and whether it failed; one set of RNG states."""
-    tensors, meta_members = {}, []
-    for k, member in enumerate(members):
-        names = []
-        for name, p in member.named_parameters():
-            tensors[f"m{k}.param.{name}"] = p.detach().cpu().contiguous()
-            names.append(name)
-        opt = optimizers[k].state_dict()
-        for idx, state in opt["state"].items():
-            for key, value in state.items():
-                tensors[f"m{k}.optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        meta_members.append({"trainable": names, "param_groups": opt["param_groups"],
-                             "scheduler": schedulers[k].state_dict(), "results": results[k], "failed": member.failed})
+def save_bank_checkpoint(bank_dir, *, epoch, bank, optimizer, results):
+    """One atomic checkpoint for a whole bias bank (core/bank.py): its stacked tensors (every member's rows and
+    head), the optimizer's moments and step count, which members are frozen, each member's record so far and whether
+    it failed; one set of RNG states."""
+    tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(bank.parameters())}
+    tensors.update({f"optim.{k}": t.detach().cpu().contiguous() for k, t in optimizer.state_tensors().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    meta = {"format": BANK_FORMAT, "epoch": epoch, "members": meta_members, "rng": _rng_state()}
+    meta = {"format": BANK_FORMAT, "epoch": epoch, "step_count": optimizer.step_count,
+            "shapes": [list(p.shape) for p in bank.parameters()],
+            "members": [{"name": m.name, "results": r, "failed": m.failed} for m, r in zip(bank.members, results)],
+            "rng": _rng_state()}
     payload = save(tensors, metadata={"bitfit_glue": json.dumps(meta)})
     with atomic_open(os.path.join(bank_dir, FILENAME), "wb") as f:
         f.write(payload)
 
 
-def restore_bank_checkpoint(ckpt, *, members, optimizers, schedulers):
-    """Load what save_bank_checkpoint wrote into the members; returns (epoch, [record dict per member])."""
+def restore_bank_checkpoint(ckpt, *, bank, optimizer):
+    """Load what save_bank_checkpoint wrote; returns (epoch, [record dict per member])."""
     meta, tensors = ckpt
-    if meta.get("format") != BANK_FORMAT or len(meta["members"]) != len(members):
+    params = bank.parameters()
+    if meta.get("format") != BANK_FORMAT or meta["shapes"] != [list(p.shape) for p in params] \
+            or [m["name"] for m in meta["members"]] != [m.name for m in bank.members]:
         raise UsageError("the bank's checkpoint was written for another set of members; delete the bank directory's "
                          "checkpoint.safetensors to restart the bank")
-    for k, (member, saved) in enumerate(zip(members, meta["members"])):
-        params = dict(member.named_parameters())
-        if saved["trainable"] != list(params):
-            raise UsageError(f"the bank's checkpoint holds other tensors for member {k}; restart the bank in a new "
-                             f"directory")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(tensors[f"m{k}.param.{name}"])
-        state = {}
-        prefix = f"m{k}.optim."
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                idx, field = key[len(prefix):].split(".", 1)
-                state.setdefault(int(idx), {})[field] = value
-        optimizers[k].load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-        schedulers[k].load_state_dict(saved["scheduler"])
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"])
+    optimizer.load_state({k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")},
+                         meta["step_count"])
+    for member, saved in zip(bank.members, meta["members"]):
         member.failed = saved["failed"]
     _set_rng_state(meta["rng"], tensors)
     return meta["epoch"], [saved["results"] for saved in meta["members"]]

@@ -48,7 +48,7 @@ class MixedTaskServer:
         restore(model, self.switcher._saved)  # the base as loaded (biases and head come from the members)
         self.switcher.current = None
         self.model, self.tokenizer = model, self.switcher.tokenizer
-        self.bank = BiasBank(model, members)
+        self.bank = BiasBank(model, members, trainable=False)
         self.device = torch.device(device)
 
     def _member(self, pack, where):
@@ -62,7 +62,7 @@ class MixedTaskServer:
         if weights:
             raise UsageError(f"--pack {where} changes {weights[0]}, not only biases; serve it alone with one --pack")
         member = new_member(model, changed, {p: copy.deepcopy(model.get_submodule(p)) for p in head_modules(model)},
-                            name=pack.manifest["task"], trainable=False)
+                            name=pack.manifest["task"])
         member.extra["num_labels"] = int(model.config.num_labels)
         del params
         return member

@@ -101,9 +101,9 @@ def _bank_case(case, model, tokenizer, task, enc, device):
     import copy
     import torch
     from ..core import bank as banks, selection
+    from ..core.bank_optim import BankAdamW
     from ..core.bank_train import bank_step
     from ..core.batching import batch_order, collate
-    from ..core.trainer import build_optimizer, build_scheduler
     k, pad = case["k"], tokenizer.pad_token_id
     model.requires_grad_(False)
     sel = selection.select(model, "bitfit", ["all"])
@@ -112,9 +112,7 @@ def _bank_case(case, model, tokenizer, task, enc, device):
                                 {p: copy.deepcopy(model.get_submodule(p)) for p in banks.head_modules(model)})
                for _ in range(k)]
     bank = banks.BiasBank(model, members)
-    params = [m.parameters(sel.trainable) for m in members]
-    opts = [build_optimizer(p, "adamw", 1e-3) for p in params]
-    scheds = [build_scheduler(o, "constant", 10**6) for o in opts]
+    opt = BankAdamW(bank.parameters(), bank.grad_masks(), [1e-3] * k, total_steps=10**6)
     orders = [batch_order(enc.lengths, 16, shuffle=True, generator=torch.Generator().manual_seed(m))
               for m in range(k)]
     precision = "bf16" if case["precision"] == "bf16" else "fp32"
@@ -124,12 +122,13 @@ def _bank_case(case, model, tokenizer, task, enc, device):
         parts = [collate(enc, orders[m][step], pad) for m in range(k)]
         _sync(device)
         start = time.perf_counter()
-        bank_step(bank, list(range(k)), parts, opts, scheds, params, device=device, pad_token_id=pad,
+        bank_step(bank, list(range(k)), parts, opt, device=device, pad_token_id=pad,
                   is_regression=task.is_regression, precision=precision)
         _sync(device)
         if step:
             times.append(time.perf_counter() - start)
             tokens += sum(int(p["attention_mask"].sum()) for p in parts)
+    bank.close()
     return times, tokens
 
 

@@ -2,9 +2,9 @@
 
 A step stacks one batch of every running member (its own data order, from its own seed) into member blocks, runs
 one forward pass, and takes each member's own mean loss. The backward pass is of their sum: no member's gradient
-depends on another's, since a member's rows and head touch only its examples. Then, per member: clip its gradient
-norm at 1.0 over its own tensors, its optimizer step, its scheduler step. A member whose loss turns non-finite is
-marked failed and leaves the bank; the others go on.
+depends on another's, since a member's rows and head touch only its examples. Then one BankAdamW step
+(core/bank_optim.py) clips each member's gradient norm at 1.0 over its own tensors and updates it at its own rate.
+A member whose loss turns non-finite is marked failed and frozen; the others go on.
 
 Layer: core.
 """
@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .batching import batch_order, collate
 from .trainer import autocast_context, compute_loss, to_device
@@ -31,37 +32,33 @@ def stack_batches(batches, pad_token_id):
     return out
 
 
-def train_bank_epoch(bank, encs, generators, optimizers, schedulers, params, *, batch_size, device, pad_token_id,
-                     is_regression, precision="fp32", group_by_length=False, max_grad_norm=1.0, collate_fn=collate,
-                     on_failure=None):
-    """One epoch of every running member. encs[k], generators[k] (its epoch's shuffle), optimizers[k],
-    schedulers[k], params[k] per member. Returns {member: mean training loss}; a member whose loss turns
-    non-finite is marked failed (`member.failed`, `on_failure(k)` called) and skipped from then on."""
-    model, members = bank.model, bank.members
+def train_bank_epoch(bank, encs, generators, optimizer, *, batch_size, device, pad_token_id, is_regression,
+                     precision="fp32", group_by_length=False, collate_fn=collate, on_failure=None):
+    """One epoch of every running member: encs[k] and generators[k] (its epoch's shuffle) per member, one
+    BankAdamW for all. Returns {member: mean training loss}; a member whose loss turns non-finite is marked failed
+    (`member.failed`, its rows frozen, `on_failure(k)` called) and skipped from then on."""
+    members = bank.members
     running = [k for k, m in enumerate(members) if m.failed is None]
     orders = {k: batch_order(encs[k].lengths, batch_size, shuffle=True, generator=generators[k],
                              group_by_length=group_by_length) for k in running}
     steps = max((len(o) for o in orders.values()), default=0)  # equal: the members share the train size
-    totals = {k: torch.zeros((), device=device) for k in running}
+    totals = torch.zeros(len(members), device=device)
     sync_every = 1 if device.type == "cpu" else 50
-    model.train()
+    bank.model.train()
     for step in range(steps):
         active = [k for k in running if members[k].failed is None]
         if not active:
             break
         parts = [collate_fn(encs[k], orders[k][step], pad_token_id) for k in active]
-        losses = bank_step(bank, active, parts, optimizers, schedulers, params, device=device,
-                           pad_token_id=pad_token_id, is_regression=is_regression, precision=precision,
-                           max_grad_norm=max_grad_norm)
-        for k, loss in zip(active, losses):
-            totals[k] += loss
+        losses = bank_step(bank, active, parts, optimizer, device=device, pad_token_id=pad_token_id,
+                           is_regression=is_regression, precision=precision)
+        totals[active] += losses
         if (step + 1) % sync_every == 0 or step + 1 == steps:
-            _mark_non_finite(members, active, torch.stack([totals[k] for k in active]), step, on_failure)
+            _mark_non_finite(members, active, totals[active], step, optimizer, on_failure)
     return {k: totals[k].item() / max(1, steps) for k in running if members[k].failed is None}
 
 
-def bank_step(bank, active, parts, optimizers, schedulers, params, *, device, pad_token_id, is_regression,
-              precision="fp32", max_grad_norm=1.0):
+def bank_step(bank, active, parts, optimizer, *, device, pad_token_id, is_regression, precision="fp32"):
     """One optimizer step of the members `active`, parts[i] being member active[i]'s collated batch. Returns their
     losses (a device tensor, no host sync)."""
     bank.route([(k, len(p["labels"])) for k, p in zip(active, parts)])
@@ -69,21 +66,32 @@ def bank_step(bank, active, parts, optimizers, schedulers, params, *, device, pa
     labels = batch.pop("labels")
     with autocast_context(device, precision):
         logits = bank.model(**batch).logits
-    losses = torch.stack([compute_loss(logits[s:e], labels[s:e], is_regression) for _, s, e in bank.blocks])
-    losses.sum().backward()  # d(sum)/d(member k's tensors) = d(loss_k)/d(...): no member reaches another's rows
-    for k in active:
-        torch.nn.utils.clip_grad_norm_(params[k], max_grad_norm)  # per member: the norm of its own gradients
-        optimizers[k].step()
-        schedulers[k].step()
-        optimizers[k].zero_grad(set_to_none=True)
+    losses = member_losses(bank, logits, labels, is_regression)
+    losses.sum().backward()  # d(sum)/d(member k's rows) = d(loss_k)/d(...): no member reaches another's rows
+    optimizer.clip()  # per member: the norm of its own gradients
+    optimizer.step()
+    optimizer.zero_grad()
     return losses.detach()
 
 
-def _mark_non_finite(members, active, losses, step, on_failure):
-    for k, value in zip(active, losses.detach().float().cpu().tolist()):
+def member_losses(bank, logits, labels, is_regression):
+    """Each block's own mean loss (trainer.compute_loss per member), for all blocks at once when they are equal."""
+    if bank._block is None:
+        return torch.stack([compute_loss(logits[s:e], labels[s:e], is_regression) for _, s, e in bank.blocks])
+    m = len(bank.blocks)
+    if is_regression:
+        per = F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="none")
+    else:
+        per = F.cross_entropy(logits.float(), labels, reduction="none")
+    return per.view(m, bank._block).mean(1)
+
+
+def _mark_non_finite(members, active, totals, step, optimizer, on_failure):
+    for k, value in zip(active, totals.detach().float().cpu().tolist()):
         if not math.isfinite(value) and members[k].failed is None:
             members[k].failed = (f"FloatingPointError: the training loss became {value} by step {step + 1} of this "
                                  f"epoch (try a lower --learning-rate)")
+            optimizer.freeze(k)
             if on_failure is not None:
                 on_failure(k)
 

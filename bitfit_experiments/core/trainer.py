@@ -38,17 +38,23 @@ def build_optimizer(params, name, lr, weight_decay=0.0, eps=None):
     return torch.optim.Adam(params, lr=lr, eps=1e-8 if eps is None else eps, weight_decay=weight_decay)
 
 
-def build_scheduler(optimizer, schedule, total_steps, warmup_ratio=0.0):
-    """`constant` (the official code: no scheduler) or `linear` warm-up then linear decay to 0."""
+def lr_lambda(schedule, total_steps, warmup_ratio=0.0):
+    """The learning-rate factor of optimizer step `step` (0-based): 1 for `constant` (the official code: no
+    scheduler), else linear warm-up then linear decay to 0."""
     if schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return lambda step: 1.0
     warmup = int(round(warmup_ratio * total_steps))
 
     def linear(step):
         if step < warmup:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+    return linear
+
+
+def build_scheduler(optimizer, schedule, total_steps, warmup_ratio=0.0):
+    """`constant` (the official code: no scheduler) or `linear` warm-up then linear decay to 0."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps, warmup_ratio))
 
 
 def autocast_context(device, precision):
