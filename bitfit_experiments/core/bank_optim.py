@@ -34,29 +34,35 @@ class BankAdamW:
         self.step_count = 0  # optimizer steps taken (shared: every running member steps together)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self._refresh()
 
     def freeze(self, k):
         """Member k stops: its rows never move again."""
         self.alive[k] = 0
+        self._refresh()
 
-    def _shaped(self, column, p):
-        return column.view(self.k, *([1] * (p.dim() - 1)))
+    def _refresh(self):
+        """Per tensor, the (K, 1, ...) factor 1 where the member trains it and runs, else 0; and views of a
+        (K,) vector shaped for each tensor. Kept as lists so that each step is a few foreach kernels, whatever K."""
+        self._live = [(m * self.alive).view(self.k, *([1] * (p.dim() - 1))) for p, m in zip(self.params, self.masks)]
+
+    def _per_tensor(self, column):
+        return [column.view(self.k, *([1] * (p.dim() - 1))) for p in self.params]
 
     @torch.no_grad()
     def clip(self):
         """Per member: scale its gradients so that their norm over its own tensors is at most max_grad_norm (as
         torch.nn.utils.clip_grad_norm_ on a single run's parameters). Returns the K norms."""
         grads = []
-        for p, m in zip(self.params, self.masks):
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            g.mul_(self._shaped(m * self.alive, p))  # rows a member does not train carry no gradient
-            p.grad = g
-            grads.append(g)
-        sq = sum(g.float().pow(2).reshape(self.k, -1).sum(1) for g in grads)
-        norms = sq.sqrt()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        torch._foreach_mul_(grads, self._live)  # rows a member does not train carry no gradient
+        flat = torch.cat([g.reshape(self.k, -1) for g in grads], 1).float()
+        norms = flat.pow(2).sum(1).sqrt()
         coef = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
-        for g in grads:
-            g.mul_(self._shaped(coef, g))
+        torch._foreach_mul_(grads, self._per_tensor(coef))
         return norms
 
     @torch.no_grad()
@@ -66,20 +72,27 @@ class BankAdamW:
         self.step_count += 1
         t = self.step_count
         beta1, beta2 = self.betas
-        lr = (self.base_lrs * factor).to(self.params[0].device, self.params[0].dtype).view(self.k, 1)
-        step_size = lr / (1 - beta1 ** t)
-        bc2_sqrt = math.sqrt(1 - beta2 ** t)
-        for p, m, ea, eas in zip(self.params, self.masks, self.exp_avg, self.exp_avg_sq):
-            live = self._shaped(m * self.alive, p)
-            g = p.grad
-            if self.weight_decay and self.name == "adamw":
-                p.mul_(1 - self._shaped(lr * self.weight_decay, p) * live)
-            elif self.weight_decay:
-                g = g + self.weight_decay * p * live
-            ea.lerp_(g, 1 - beta1)
-            eas.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (eas.sqrt() / bc2_sqrt).add_(self.eps)
-            p.sub_(self._shaped(step_size, p) * live * ea / denom)
+        device, dtype = self.params[0].device, self.params[0].dtype
+        lr = (self.base_lrs * factor).to(device, dtype)
+        grads = [p.grad for p in self.params]
+        if self.weight_decay and self.name == "adamw":  # decoupled, on the live rows only
+            decay = torch._foreach_mul(self._live, self._per_tensor(lr * self.weight_decay))
+            torch._foreach_mul_(decay, -1.0)
+            torch._foreach_add_(decay, 1.0)
+            torch._foreach_mul_(self.params, decay)
+        elif self.weight_decay:  # Adam's L2 term, on the live rows only
+            l2 = torch._foreach_mul(self.params, self._live)
+            grads = torch._foreach_add(grads, l2, alpha=self.weight_decay)
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(self.exp_avg_sq, beta2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, math.sqrt(1 - beta2 ** t))
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_div(self.exp_avg, denom)
+        torch._foreach_mul_(update, self._per_tensor(lr / (1 - beta1 ** t)))
+        torch._foreach_mul_(update, self._live)
+        torch._foreach_sub_(self.params, update)
 
     def zero_grad(self):
         for p in self.params:
@@ -101,3 +114,4 @@ class BankAdamW:
                 eas.copy_(tensors[f"exp_avg_sq.{i}"])
             self.alive.copy_(tensors["alive"])
         self.step_count = int(step_count)
+        self._refresh()
