@@ -79,7 +79,7 @@ def _bank_of(base, runs, members, max_grad_norm=1.0):
     return bank, opt
 
 
-def _train_both(arch, steps, members=MEMBERS, max_grad_norm=1.0, batch=8):
+def _train_both(arch, steps, members=MEMBERS, max_grad_norm=1.0, batch=8, joint=True):
     base, pad = _base(arch)
     runs = _single_runs(base, members, max_grad_norm)
     bank, bank_opt = _bank_of(base, runs, members, max_grad_norm)
@@ -92,7 +92,7 @@ def _train_both(arch, steps, members=MEMBERS, max_grad_norm=1.0, batch=8):
                        max_grad_norm=max_grad_norm)
         bank.model.train()
         bank_step(bank, active, [dict(b) for b in parts], bank_opt, device=torch.device("cpu"), pad_token_id=pad,
-                  is_regression=False)
+                  is_regression=False, joint=joint)
     return runs, bank, pad
 
 
@@ -112,9 +112,10 @@ def _logits(runs, bank, pad):
     return separate, [banked[10 * i:10 * (i + 1)] for i in range(k)]
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
-def test_one_banked_step_gives_each_members_separate_logits(arch):
-    runs, bank, pad = _train_both(arch, steps=1)
+@pytest.mark.parametrize("arch, joint", [("bert", True), ("roberta", True), ("bert", False)])
+def test_one_banked_step_gives_each_members_separate_logits(arch, joint):
+    """joint: all member blocks in one pass (a GPU's default); not joint: one pass per block (the CPU's)."""
+    runs, bank, pad = _train_both(arch, steps=1, joint=joint)
     separate, banked = _logits(runs, bank, pad)
     for a, b in zip(separate, banked):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -122,9 +123,9 @@ def test_one_banked_step_gives_each_members_separate_logits(arch):
     assert not torch.allclose(banked[0], banked[2], atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
-def test_twenty_banked_steps_stay_within_1e_4_of_separate_runs(arch):
-    runs, bank, pad = _train_both(arch, steps=20)
+@pytest.mark.parametrize("arch, joint", [("bert", True), ("roberta", True), ("roberta", False)])
+def test_twenty_banked_steps_stay_within_1e_4_of_separate_runs(arch, joint):
+    runs, bank, pad = _train_both(arch, steps=20, joint=joint)
     separate, banked = _logits(runs, bank, pad)
     for a, b in zip(separate, banked):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
@@ -139,6 +140,10 @@ def test_clipping_is_per_member():
     """Clipping that binds (max norm 1e-3): a global norm over all members would shrink each member's step by the
     others' gradients; per-member clipping gives each its separate run."""
     runs, bank, pad = _train_both("bert", steps=3, max_grad_norm=1e-3)
+    separate, banked = _logits(runs, bank, pad)
+    for a, b in zip(separate, banked):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    runs, bank, pad = _train_both("bert", steps=3, max_grad_norm=1e-3, joint=False)
     separate, banked = _logits(runs, bank, pad)
     for a, b in zip(separate, banked):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -352,8 +357,11 @@ def test_mixed_task_batches_equal_each_pack_applied_alone(three_packs, tiny_mode
     import pandas as pd
     rows = _requests(tiny_glue_dir)
     server = MixedTaskServer(tiny_model_dir, [three_packs[t] for t in ("rte", "mnli", "qqp")])
-    mixed = server.predict(rows, batch_size=7)
+    mixed = server.predict(rows, batch_size=7, joint=True)  # one pass per window: rows of 3 tasks, 2/3/2 labels
     assert [len(x) for x in mixed[:3]] == [2, 3, 2]
+    grouped = server.predict(rows, batch_size=7)  # the CPU's default: task group by task group
+    for a, b in zip(mixed, grouped):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for task in ("rte", "mnli", "qqp"):
         mine = [i for i, r in enumerate(rows) if r[0] == task]
         df = pd.DataFrame({"text_a": [rows[i][1] for i in mine], "text_b": [rows[i][2] for i in mine], "label": -1})

@@ -86,8 +86,9 @@ class MixedTaskServer:
         return Encoded(ids, types if has_types else None, torch.full((len(rows),), -1, dtype=torch.long), lengths)
 
     @torch.no_grad()
-    def predict(self, rows, batch_size=64):
-        """[logits of row i (its own task's labels)] in row order; rows of different tasks share each batch."""
+    def predict(self, rows, batch_size=64, joint=None):
+        """[logits of row i (its own task's labels)] in row order; rows of different tasks share each batch.
+        joint (default on a GPU): each window in one forward pass; else task group by task group."""
         enc = self.encode(rows)
         member = [self.tasks.index(task) for task, _, _ in rows]
         out = [None] * len(rows)
@@ -101,12 +102,16 @@ class MixedTaskServer:
                     groups[-1][1].append(i)
                 else:
                     groups.append((member[i], [i]))
-            self.bank.route([(k, len(ix)) for k, ix in groups])
-            batch = to_device(stack_batches([collate(enc, ix, pad) for _, ix in groups], pad), self.device)
-            batch.pop("labels")
-            logits = self.model(**batch).logits.float().cpu()
-            for row, i in enumerate(i for _, ix in groups for i in ix):
-                out[i] = logits[row, :self.specs[rows[i][0]]["num_labels"]].numpy()
+            # A GPU serves the window in one pass; the CPU (compute-bound) task group by task group, each padded to
+            # its own longest request, with no pack applied or undone in between.
+            passes = [groups] if (self.device.type != "cpu" if joint is None else joint) else [[g] for g in groups]
+            for part in passes:
+                self.bank.route([(k, len(ix)) for k, ix in part])
+                batch = to_device(stack_batches([collate(enc, ix, pad) for _, ix in part], pad), self.device)
+                batch.pop("labels")
+                logits = self.model(**batch).logits.float().cpu()
+                for row, i in enumerate(i for _, ix in part for i in ix):
+                    out[i] = logits[row, :self.specs[rows[i][0]]["num_labels"]].numpy()
         return out
 
 
