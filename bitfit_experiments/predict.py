@@ -162,13 +162,17 @@ def main(argv=None):
     if labeled:
         scores = metrics.compute_metrics(spec.name, metrics.logits_to_predictions(spec.name, logits), labels)
         print(f"{split} ({len(df)} rows): " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()), file=sys.stderr)
-    table = predictions_table(spec.name, df, logits, m.get("label_names"))
-    if args.output:
-        atomic_write_text(args.output, table)
-        print(f"wrote {len(df)} predictions to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(table)
+    write_predictions(args.output, predictions_table(spec.name, df, logits, m.get("label_names")), len(df))
     return logits
+
+
+def write_predictions(output, text, n):
+    """The predictions to --output (atomically) or stdout."""
+    if output:
+        atomic_write_text(output, text)
+        print(f"wrote {n} predictions to {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
 
 
 # ---------------------------------------------------------------------------------------------- mixed-task requests
@@ -235,11 +239,7 @@ def serve_mixed(args, device):
     text = ("".join(json.dumps(r) + "\n" for r in records) if as_jsonl else
             "index\ttask\tlabel\tprobabilities\n" + "".join(
                 f"{r['index']}\t{r['task']}\t{r['label']}\t{json.dumps(r['probabilities'])}\n" for r in records))
-    if args.output:
-        atomic_write_text(args.output, text)
-        print(f"wrote {len(records)} predictions to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_predictions(args.output, text, len(records))
     return logits
 
 

@@ -56,7 +56,6 @@ class MixedTaskServer:
         self.switcher.use(pack)
         model = self.switcher.model
         base_names = set(split_base_head(model)[0])
-        params = dict(model.named_parameters())
         changed = [n for n in pack.manifest["tensors"] if n in base_names]
         weights = [n for n in changed if not n.endswith("bias")]
         if weights:
@@ -64,7 +63,6 @@ class MixedTaskServer:
         member = new_member(model, changed, {p: copy.deepcopy(model.get_submodule(p)) for p in head_modules(model)},
                             name=pack.manifest["task"])
         member.extra["num_labels"] = int(model.config.num_labels)
-        del params
         return member
 
     def encode(self, rows):

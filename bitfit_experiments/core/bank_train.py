@@ -122,9 +122,10 @@ def predict_bank_logits(bank, encs, *, batch_size, device, pad_token_id, precisi
     joint = device.type != "cpu" if joint is None else joint
     per = max(1, batch_size // len(running)) if joint else batch_size
     orders = {k: batch_order(encs[k].lengths, per, shuffle=False, group_by_length=True) for k in running}
-    steps = [[(k, step) for k in running if step < len(orders[k])] for step in range(max(map(len, orders.values())))]
-    if not joint:
-        steps = [[item] for k in running for item in [(k, step) for step in range(len(orders[k]))]]
+    if joint:  # step s: every member's s-th batch side by side
+        steps = [[(k, s) for k in running if s < len(orders[k])] for s in range(max(map(len, orders.values())))]
+    else:  # one member's batch at a time
+        steps = [[(k, s)] for k in running for s in range(len(orders[k]))]
     outputs = {k: [] for k in running}
     model.eval()
     for items in steps:
