@@ -15,11 +15,9 @@ Layer: run (above core, artifacts and report).
 import copy
 import json
 import os
-import signal
 import sys
 import time
-import traceback
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -34,7 +32,7 @@ from .artifacts.record import EpochRecord, RunRecord
 from .core import bank as banks, data, metrics, selection
 from .core.bank_train import predict_bank_logits, train_bank_epoch
 from .core.config import RESUME_NEUTRAL, RunConfig
-from .core.errors import UsageError, first_line
+from .core.errors import UsageError
 from .core.model import cpu_numerics, load_model, model_identity, peak_memory_mb, resolve_device
 from .core.bank_optim import BankAdamW
 from .core.trainer import epoch_generator, set_seed
@@ -324,23 +322,10 @@ def _write_configs(b):
             r.save_record()
 
 
-@contextmanager
 def _recording_failures(b):
     """A crash or signal ends every member that has neither failed nor completed: "failed" with the reason (and
     failure.txt with the traceback; the exception is swallowed, as for a single run) or "interrupted"."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-    for s in previous:
-        signal.signal(s, experiment._raise_interrupt)
-    try:
-        yield
-    except KeyboardInterrupt:
-        _end_unfinished(b, "interrupted", "interrupted by a signal", None)
-        raise
-    except Exception as e:
-        _end_unfinished(b, "failed", f"{type(e).__name__}: {first_line(e, 300)}", traceback.format_exc())
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return experiment.recording_failures(lambda status, reason, trace: _end_unfinished(b, status, reason, trace))
 
 
 def _end_unfinished(b, status, reason, trace):

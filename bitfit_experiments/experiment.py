@@ -426,24 +426,31 @@ def _write_config(run_):
         print(selection.format_report(run_.report))
 
 
-@contextmanager
 def _recording_failures(run_):
     """Whatever ends the run early is written into its record: "interrupted" (Ctrl-C, SIGTERM, SIGHUP; the
     checkpoint stays for --resume) or "failed" with the reason (and OUT/failure.txt with the traceback)."""
+    def end(status, reason, trace):
+        run_.record.status, run_.record.failure_reason = status, reason
+        run_.save_record()
+        if trace is not None:
+            atomic_write_text(os.path.join(run_.out, "failure.txt"), trace)
+    return recording_failures(end)
+
+
+@contextmanager
+def recording_failures(end):
+    """SIGTERM/SIGHUP become KeyboardInterrupt meanwhile; an interrupt calls end("interrupted", reason, None) and goes
+    on, any other exception calls end("failed", reason, traceback) and is swallowed (the record says why)."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     for s in previous:
         signal.signal(s, _raise_interrupt)
     try:
         yield
     except KeyboardInterrupt:
-        run_.record.status, run_.record.failure_reason = "interrupted", "interrupted by a signal"
-        run_.save_record()
+        end("interrupted", "interrupted by a signal", None)
         raise
     except Exception as e:
-        run_.record.status = "failed"
-        run_.record.failure_reason = f"{type(e).__name__}: {first_line(e, 300)}"
-        run_.save_record()
-        atomic_write_text(os.path.join(run_.out, "failure.txt"), traceback.format_exc())
+        end("failed", f"{type(e).__name__}: {first_line(e, 300)}", traceback.format_exc())
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
