@@ -6,7 +6,8 @@
 #   batch 16, AdamW (eps 1e-6), the official constant learning rate, the best dev epoch; the default random batches
 #   (no --group-by-length); EPOCHS=10 epochs; every training set capped at TRAIN_SIZE=2000 examples (a seeded
 #   random subset, --train-size; the dev sets stay whole); --keep-checkpoint, so that a run whose best epoch is one
-#   of its last two can be trained longer in place (--resume -e N; bit-identical to a run started with N epochs).
+#   of its last two can be trained longer in place (--resume -e N; bit-identical to a run started with N epochs):
+#   the planner asks for 2 more epochs at a time, up to 20 (MAX_EPOCHS), and the sweep (EXTEND=1) continues it.
 #
 # What runs, and in what order, is decided by `python -m bitfit_experiments.repro_plan` from the runs already
 # complete (see its docstring): the learning-rate pilot on seed 0 (BitFit and Full-FT, growing past the edge of
@@ -15,7 +16,7 @@
 # round until nothing is left to run; rerun it to continue after an interruption (complete runs are skipped, a run
 # killed after an epoch-end checkpoint resumes exactly).
 #
-# Env: CPU_WORKERS (2 one-thread runs at a time), EPOCHS, TRAIN_SIZE, PHASES ("pilot seeds others curve"),
+# Env: CPU_WORKERS (2 one-thread runs at a time), EPOCHS, MAX_EPOCHS, TRAIN_SIZE, PHASES ("pilot seeds others curve"),
 # TASKS, CURVE_SIZES, BUDGET_MINUTES (no run starts after that), RUNS_DIR, OUT_DIR, DATA_DIR, MODEL, DRY_RUN=1
 # (print the first round's commands), and everything of sweep_lib.sh.
 #
@@ -24,6 +25,8 @@
 # command once its jobs have ended (squeue shows none): it submits the next round, and when the planner has nothing
 # left, only the final report job. Rerunning earlier is safe (running runs are left alone) but queues duplicates.
 EPOCHS="${EPOCHS:-10}"
+MAX_EPOCHS="${MAX_EPOCHS:-20}"
+EXTEND=1  # a complete run the planner asks to train longer is continued in place, not skipped
 CPU_WORKERS="${CPU_WORKERS:-2}"
 # --batch-layout padded: the protocol's runs began with padded batches (the default then); it stays fixed.
 EXTRA_ARGS="${EXTRA_ARGS:---no-progress --keep-checkpoint --batch-layout padded}"
@@ -51,25 +54,24 @@ fi
 plan_round() {
     RUN_DIRS=()
     RUN_CMDS=()
-    local plan method task size lr seed
+    local plan method task size lr seed epochs
     # shellcheck disable=SC2086
     plan="$(cd "$REPO" && "$PYTHON" -m bitfit_experiments.repro_plan "$RUNS_DIR" --tasks $TASKS \
-        --train-size "$TRAIN_SIZE" --curve-sizes $CURVE_SIZES --phases $PHASES)" || exit 2
-    while read -r method task size lr seed; do
+        --train-size "$TRAIN_SIZE" --curve-sizes $CURVE_SIZES --phases $PHASES --epochs "$EPOCHS" \
+        --max-epochs "$MAX_EPOCHS")" || exit 2
+    while read -r method task size lr seed epochs; do
         [[ -n "$method" ]] || continue
-        add_run "$MODEL" minilm "$method" "$task" "$lr" "$seed" "$size"
+        EPOCHS="$epochs" add_run "$MODEL" minilm "$method" "$task" "$lr" "$seed" "$size"
     done <<<"$plan"
 }
 
+# Complete = complete with the epochs its command asks for (a run being trained longer is not).
 all_complete() {
-    local d
-    for d in "${RUN_DIRS[@]}"; do is_complete "$d" || return 1; done
+    [[ -z "$(incomplete_indices)" ]]
 }
 
 count_complete() {
-    local d n=0
-    for d in "${RUN_DIRS[@]}"; do is_complete "$d" && n=$((n + 1)); done
-    echo "$n"
+    echo $((${#RUN_DIRS[@]} - $(incomplete_indices | wc -l)))
 }
 
 add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3

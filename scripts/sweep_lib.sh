@@ -21,6 +21,9 @@
 #   RUNS_DIR, OUT_DIR  where the runs go and where the report (tables, figures, claims) goes; empty: the default
 #   PYTHON, RUN_GLUE   the interpreter and the training CLI (tests substitute a fake one)
 #   REPORT=0           skip the tables/figures/claims written after the sweep
+#   EXTEND=1           a complete run with fewer epochs than its command's -e is trained longer in place
+#                      (--resume from the checkpoint it kept with --keep-checkpoint), not skipped; without a kept
+#                      checkpoint it is reported as failed. Default 0: a complete run is skipped whatever its length.
 #
 # Resumability: a run whose results.json says "complete" is skipped; a run killed after an epoch-end checkpoint
 # continues from it (run_glue.py --resume, exact); any other existing run directory (failed, killed in its first
@@ -55,6 +58,7 @@ SLURM_MAX_PARALLEL="${SLURM_MAX_PARALLEL:-}"
 SBATCH_ARGS="${SBATCH_ARGS:-}"
 SBATCH_REPORT_ARGS="${SBATCH_REPORT_ARGS-$SBATCH_ARGS}"
 REPORT="${REPORT:-1}"
+EXTEND="${EXTEND:-0}"
 PER_TASK_LR="${PER_TASK_LR:-0}"
 BUDGET_MINUTES="${BUDGET_MINUTES:-}"
 DATA_DIR="${DATA_DIR:-}"
@@ -174,43 +178,64 @@ add_report() {
     REPORT_CMDS+=("$(printf '%q ' "$@")")
 }
 
+# is_complete DIR [EPOCHS]: DIR's results.json says "complete" (and, when EPOCHS is given, after at least that many).
 is_complete() {
     [[ -f "$1/results.json" ]] && "$PYTHON" -c 'import json, sys
-sys.exit(0 if json.load(open(sys.argv[1])).get("status") == "complete" else 1)' "$1/results.json" 2>/dev/null
+r = json.load(open(sys.argv[1]))
+sys.exit(0 if r.get("status") == "complete" and int(r.get("last_epoch") or 0) >= int(sys.argv[2] or 0) else 1)' \
+        "$1/results.json" "${2:-}" 2>/dev/null
+}
+
+# asked_epochs CMD: with EXTEND=1, the -e/--epochs a run command asks for (empty otherwise: length is not judged).
+asked_epochs() {
+    [[ "$EXTEND" == 1 ]] || return 0
+    local -a ARGV
+    local RUN_DIR RUN_EPOCHS
+    parse_cmd "$1"
+    echo "$RUN_EPOCHS"
 }
 
 # parse_cmd CMD: the words of a run command, split and unquoted as the shell would run it, into ARGV (the caller's
-# array), and the run directory it writes (-o) into RUN_DIR.
+# array), the run directory it writes (-o) into RUN_DIR and its epochs (-e) into RUN_EPOCHS.
 parse_cmd() {
     eval "ARGV=($1)"
     RUN_DIR=""
+    RUN_EPOCHS=""
     local k
     for ((k = 0; k + 1 < ${#ARGV[@]}; k++)); do
         [[ "${ARGV[k]}" == -o ]] && RUN_DIR="${ARGV[k + 1]}"
+        [[ "${ARGV[k]}" == -e || "${ARGV[k]}" == --epochs ]] && RUN_EPOCHS="${ARGV[k + 1]}"
     done
     return 0
 }
 
-# prepare_run DIR: what to do with a run directory, judged (and, for a redo, emptied) while holding the run lock of
-# run_glue.py (bitfit_experiments.artifacts.lock: a flock on the directory, held for a whole run), so that a run
-# another process is writing right now (another worker, another array task, an earlier submission) is never judged,
-# emptied or resumed under it. Prints one word: complete, held (another process holds the lock), resume (killed
-# after an epoch-end checkpoint), redo (anything else left behind: emptied now) or new. The lock goes when this
-# process ends. The kernel drops a lock when its holder dies (kill -9, scancel), so no lock is ever stale.
+# prepare_run DIR [EPOCHS]: what to do with a run directory, judged (and, for a redo, emptied) while holding the run
+# lock of run_glue.py (bitfit_experiments.artifacts.lock: a flock on the directory, held for a whole run), so that a
+# run another process is writing right now (another worker, another array task, an earlier submission) is never
+# judged, emptied or resumed under it. Prints one word: complete, held (another process holds the lock), resume
+# (killed after an epoch-end checkpoint), extend (complete after fewer than EPOCHS epochs, with its checkpoint kept),
+# short (the same without a checkpoint: nothing to continue from), redo (anything else left behind: emptied now) or
+# new. The lock goes when this process ends. The kernel drops a lock when its holder dies (kill -9, scancel), so no
+# lock is ever stale.
 prepare_run() {
-    "$PYTHON" - "$REPO" "$1" <<'PY'
+    "$PYTHON" - "$REPO" "$1" "${2:-}" <<'PY'
 import json, os, shutil, sys
 
-repo, run = sys.argv[1:]
+repo, run, want = sys.argv[1:]
+want = int(want or 0)
 sys.path.insert(0, repo)  # the lock of the run_glue.py beside this script, installed or not
 from bitfit_experiments.artifacts.lock import RunLock
 from bitfit_experiments.core.errors import UsageError
 
 
 def status():
+    """The record's status, with a complete run that is shorter than asked for told apart ("short")."""
     try:
         with open(os.path.join(run, "results.json")) as f:
-            return json.load(f).get("status")
+            r = json.load(f)
+        if r.get("status") == "complete" and int(r.get("last_epoch") or 0) < want:
+            return "short"
+        return r.get("status")
     except Exception:
         return None
 
@@ -226,6 +251,8 @@ except UsageError:
 now = status()  # it may have ended between the first look and the lock
 if now == "complete":
     print("complete")
+elif now == "short":  # never emptied: a complete run is the user's; --resume -e N trains it longer from its checkpoint
+    print("extend" if os.path.exists(os.path.join(run, "checkpoint.safetensors")) else "short")
 elif (os.path.exists(os.path.join(run, "checkpoint.safetensors")) and os.path.exists(os.path.join(run, "results.json"))
       and now != "failed"):
     print("resume")  # (a damaged results.json is rebuilt from the checkpoint by --resume)
@@ -312,14 +339,15 @@ run_one() {
         return
     fi
     local -a ARGV
-    local RUN_DIR
+    local RUN_DIR RUN_EPOCHS want=""
     parse_cmd "$cmd"
     dir="$RUN_DIR"
+    [[ "$EXTEND" == 1 ]] && want="$RUN_EPOCHS"
     if [[ -z "$dir" || "$dir" == / ]]; then
         echo "[$i] error: no output directory (-o) in the command: $cmd" >&2
         return 1
     fi
-    if ! action="$(prepare_run "$dir")"; then
+    if ! action="$(prepare_run "$dir" "$want")"; then
         echo "[$i] FAILED: could not inspect $dir with $PYTHON" >&2
         return 1
     fi
@@ -327,6 +355,10 @@ run_one() {
         complete) echo "[$i] skip (complete): $dir"; return 0 ;;
         held) echo "[$i] skip (another process is running it: it holds the run's lock): $dir"; return 0 ;;
         resume) echo "[$i] resume (killed after a checkpoint): $dir"; ARGV+=(--resume) ;;
+        extend) echo "[$i] train longer (to $want epochs, from its kept checkpoint): $dir"; ARGV+=(--resume) ;;
+        short)
+            echo "[$i] FAILED: $dir is complete after fewer than $want epochs and kept no checkpoint to train it longer from (--keep-checkpoint); move it away to run it anew" >&2
+            return 1 ;;
         redo) echo "[$i] redo (incomplete): $dir" ;;
     esac
     [[ -n "$gpu" ]] && ARGV+=(-d "$gpu")
@@ -336,10 +368,10 @@ run_one() {
     # log: a resumed run keeps the log of its first part, and the loser of that race must not truncate the winner's.
     echo "=== $(date '+%F %T') on $(hostname)${SLURM_JOB_ID:+, SLURM job $SLURM_JOB_ID}: ${ARGV[*]}" >>"$dir.log"
     "${ARGV[@]}" >>"$dir.log" 2>&1 || rc=$?
-    if ((rc == 0)) && is_complete "$dir"; then
+    if ((rc == 0)) && is_complete "$dir" "$want"; then
         return 0
     fi
-    if ((rc == 2)) && run_busy "$dir"; then
+    if ((rc == 2)) && [[ "$action" != extend ]] && run_busy "$dir"; then
         echo "[$i] skip (another process started it first): $dir"
         return 0
     fi
@@ -434,11 +466,16 @@ slurm_max_array_size() {
 # The indices of the runs not complete yet, in list order (one python for the whole list, not one per run).
 incomplete_indices() {
     ((${#RUN_DIRS[@]} > 0)) || return 0
-    printf '%s\n' "${RUN_DIRS[@]}" | "$PYTHON" -c 'import json, sys
-for i, d in enumerate(sys.stdin.read().splitlines()):
+    local k
+    for ((k = 0; k < ${#RUN_DIRS[@]}; k++)); do
+        printf '%s\t%s\n' "${RUN_DIRS[k]}" "$(asked_epochs "${RUN_CMDS[k]}")"
+    done | "$PYTHON" -c 'import json, sys
+for i, line in enumerate(sys.stdin.read().splitlines()):
+    d, want = line.rsplit("\t", 1)
     try:
         with open(d + "/results.json") as f:
-            done = json.load(f).get("status") == "complete"
+            r = json.load(f)
+        done = r.get("status") == "complete" and int(r.get("last_epoch") or 0) >= int(want or 0)
     except Exception:
         done = False
     if not done:

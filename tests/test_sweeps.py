@@ -34,8 +34,10 @@ with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps(args + ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "")]) + "\n")
 time.sleep(float(os.environ.get("FAKE_SECONDS", "0")))
 status = "failed" if get("-t") == os.environ.get("FAKE_FAIL_TASK") else "complete"
-with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump({"status": status}, f)
+epochs = int(get("-e")) if "-e" in args else 1
+with open(os.path.join(out, "results.json"), "w") as f:  # the fields the sweeps and the repro planner read
+    json.dump({"status": status, "last_epoch": epochs, "best_epoch": 1, "eval_splits": ["dev"],
+               "headline_metric": "m", "best": {"dev": {"m": 0.5}}, "last": {"dev": {"m": 0.5}}}, f)
 sys.exit(0 if status == "complete" else 1)
 '''
 
@@ -159,6 +161,39 @@ def test_cpu_repro_first_round_is_the_pilot(tmp_path):
     assert all(r.endswith("/seed0") for r in runs)
     assert all("--train-size 2000" in l and "-e 10 " in l and l.endswith("--no-progress --keep-checkpoint --batch-layout padded")
                for l in lines)
+
+
+def _complete_run(run, epochs, best_epoch, checkpoint=True):
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "status": "complete", "last_epoch": epochs, "best_epoch": best_epoch, "eval_splits": ["dev"],
+        "headline_metric": "accuracy", "best": {"dev": {"accuracy": 0.6}}, "last": {"dev": {"accuracy": 0.6}}}))
+    if checkpoint:
+        (run / "checkpoint.safetensors").write_text("epoch %d" % epochs)
+
+
+def test_cpu_repro_trains_a_run_still_rising_longer_in_place(tmp_path):
+    """A complete pilot run whose best epoch is its last is continued from its kept checkpoint (--resume -e 12),
+    never emptied; without a kept checkpoint it is reported, left as it is, and nothing else waits on it."""
+    minilm = tmp_path / "runs" / "minilm"
+    rising = minilm / "bitfit" / "rte-n2000" / "lr1e-3" / "seed0"
+    _complete_run(rising, 10, 10)
+    _complete_run(minilm / "bitfit" / "rte-n2000" / "lr4e-4" / "seed0", 10, 4)
+    short = minilm / "full_ft" / "rte-n2000" / "lr2e-5" / "seed0"
+    _complete_run(short, 10, 9, checkpoint=False)
+    _complete_run(minilm / "full_ft" / "rte-n2000" / "lr5e-5" / "seed0", 10, 3)
+    p = sweep("cpu_repro.sh", tmp_path, TASKS="rte", PHASES="pilot")
+    first = [c for c in calls(tmp_path) if out_dir(c) == str(rising)]
+    assert first and "--resume" in first[0] and first[0][first[0].index("-e") + 1] == "12", calls(tmp_path)
+    assert "train longer (to 12 epochs" in p.stdout
+    assert "kept no checkpoint" in p.stderr and str(short) in p.stderr
+    assert not any(out_dir(c) == str(short) for c in calls(tmp_path))
+    assert json.loads((short / "results.json").read_text())["last_epoch"] == 10  # the user's run, untouched
+    # EXTEND unset (every other sweep): a complete run is skipped whatever its length
+    n = len(calls(tmp_path))
+    _complete_run(tmp_path / "runs" / "bert-base-cased" / "bitfit" / "rte" / "lr1e-3" / "seed0", 10, 10)
+    rerun = sweep("table3.sh", tmp_path, TASKS="rte", SEEDS="0", METHODS="bitfit", LRS_BIAS="1e-3", EPOCHS="16")
+    assert rerun.returncode == 0 and "skip (complete)" in rerun.stdout and len(calls(tmp_path)) == n
 
 
 def test_resume_skips_complete_and_redoes_incomplete(tmp_path):

@@ -13,8 +13,14 @@ answer depends on what is complete, so the learning-rate pilot grows as its resu
    task (the pilot covers BitFit and Full-FT only; the other rows share the bias-only grid).
 4. curve: BitFit and Full-FT on SST-2 at several training sizes, 3 seeds, at their SST-2 best pilot rate.
 
+Every run of every phase also follows the protocol's convergence rule: a complete run whose best dev epoch is one of
+its last two is not finished -- it is planned again with EXTEND_STEP (2) more epochs, up to MAX_EPOCHS (20, the
+paper's "up to 20 epochs"), and the sweep trains it longer in place (`--resume -e N` from its kept checkpoint,
+bit-identical to a run started with N epochs). Until then it counts as pending: no pilot decision, seed or
+dependent run is taken on a score that is still rising.
+
 A phase's runs appear as soon as what they depend on is known, so the workers are never idle waiting for a whole
-phase. Output: one line per run, "method task train_size lr seed", in priority order.
+phase. Output: one line per run, "method task train_size lr seed epochs", in priority order.
 """
 import argparse
 import json
@@ -26,6 +32,9 @@ BIAS_GRID = (1e-4, 4e-4, 7e-4, 1e-3)
 FULL_GRID = (1e-5, 2e-5, 3e-5, 5e-5)
 PILOT_START = {"bias": (4e-4, 1e-3), "full": (2e-5, 5e-5)}
 OTHER_METHODS = ("bm2_bq", "bm2", "bq", "frozen", "rand_uniform", "rand_row_col", "lora", "ia3", "bitfit_lora")
+EPOCHS = 10        # the protocol's first length of every run
+EXTEND_STEP = 2    # epochs added while the best epoch is one of the last two
+MAX_EPOCHS = 20    # the paper: "8 or fewer epochs for most tasks, and up to 20 epochs on the others"
 HEADLINE = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "stsb": "spearmanr", "rte": "accuracy",
             "qnli": "accuracy", "qqp": "f1", "mnli": "accuracy", "wnli": "accuracy"}
 
@@ -50,29 +59,46 @@ def run_dir(runs_dir, method, task, size, lr, seed):
     return os.path.join(runs_dir, "minilm", method, f"{task}-n{size}", f"lr{fmt_lr(lr)}", f"seed{seed}")
 
 
-def score(path, task):
-    """(best-epoch dev headline, last-epoch dev headline) of a complete run, or None."""
+def _asked(path):
+    """The epochs a started run was asked for (its config.json), 0 when unknown."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return int(json.load(f)["args"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def state(path, task, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
+    """What a run needs: (epochs to plan, None) while it is missing, running or must be trained longer, else
+    (None, (best-epoch dev headline, last-epoch dev headline)). Longer = its best epoch is one of its last two and
+    it has fewer than max_epochs: then EXTEND_STEP more (an extension never shortens a run)."""
     try:
         with open(os.path.join(path, "results.json"), encoding="utf-8") as f:
             r = json.load(f)
     except (OSError, ValueError):
-        return None
+        return epochs, None
     if not isinstance(r, dict) or r.get("status") != "complete":
-        return None
+        return max(epochs, _asked(path)), None  # a run being trained longer keeps its longer length
+    done = int(r["last_epoch"])
+    if done < epochs:  # asked for more than it has (a larger EPOCHS than when it ran)
+        return epochs, None
+    if int(r["best_epoch"]) >= done - 1 and done < max_epochs:
+        return min(done + EXTEND_STEP, max_epochs), None
     split = r["eval_splits"][0]
     key = r.get("headline_metric") or HEADLINE[task]
-    return r["best"][split][key], r["last"][split][key]
+    return None, (r["best"][split][key], r["last"][split][key])
 
 
-def pilot(runs_dir, method, task, size, grid, start, seed=0):
-    """(rates to run now, best rate or None when the pilot is not finished)."""
+def pilot(runs_dir, method, task, size, grid, start, seed=0, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
+    """(runs to run now as [(lr, epochs)], best rate or None while the pilot is not finished)."""
     full = extended_grid(grid)
     tried = sorted(set(float(fmt_lr(x)) for x in start))
     while True:
-        scores = {lr: score(run_dir(runs_dir, method, task, size, lr, seed), task) for lr in tried}
-        pending = [lr for lr in tried if scores[lr] is None]
+        states = {lr: state(run_dir(runs_dir, method, task, size, lr, seed), task, epochs, max_epochs) for lr in tried}
+        pending = [(lr, n) for lr, (n, _) in states.items() if n is not None]
         if pending:
             return pending, None
+        scores = {lr: sc for lr, (_, sc) in states.items()}
         best = max(tried, key=lambda lr: (scores[lr][0], scores[lr][1], -lr))
         i = full.index(best)
         nxt = None
@@ -85,27 +111,37 @@ def pilot(runs_dir, method, task, size, grid, start, seed=0):
         tried = sorted(tried + [nxt])
 
 
-def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS):
-    """Every run that should exist now, in priority order: pilot, seeds, others, curve."""
+def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
+    """Every run that should be run now, as (method, task, size, lr, seed, epochs), in priority order: pilot, seeds,
+    others, curve. A run that is complete and converged is left out; one that must be trained longer is listed with
+    its longer length."""
     lines = {p: [] for p in ("pilot", "seeds", "others", "curve")}
     best = {}
+
+    def want(phase, method, task, n, lr, seed):
+        todo, _ = state(run_dir(runs_dir, method, task, n, lr, seed), task, epochs, max_epochs)
+        if todo is not None:
+            lines[phase].append((method, task, n, lr, seed, todo))
+
     for task in tasks:
         for method, kind in (("bitfit", "bias"), ("full_ft", "full")):
             grid = BIAS_GRID if kind == "bias" else FULL_GRID
-            todo, b = pilot(runs_dir, method, task, size, grid, PILOT_START[kind], seed=seeds[0])
-            lines["pilot"] += [(method, task, size, lr, seeds[0]) for lr in todo]
+            todo, b = pilot(runs_dir, method, task, size, grid, PILOT_START[kind], seeds[0], epochs, max_epochs)
+            lines["pilot"] += [(method, task, size, lr, seeds[0], n) for lr, n in todo]
             if b is not None:
                 best[method, task] = b
-                lines["seeds"] += [(method, task, size, b, s) for s in seeds[1:]]
+                for s in seeds[1:]:
+                    want("seeds", method, task, size, b, s)
     for task in tasks:
         if ("bitfit", task) in best:
-            lines["others"] += [(m, task, size, best["bitfit", task], seeds[0]) for m in others]
+            for m in others:
+                want("others", m, task, size, best["bitfit", task], seeds[0])
     if "sst2" in tasks:
         for s in seeds:
             for n in curve_sizes:
                 for method in ("bitfit", "full_ft"):
                     if n != size and (method, "sst2") in best:
-                        lines["curve"].append((method, "sst2", n, best[method, "sst2"], s))
+                        want("curve", method, "sst2", n, best[method, "sst2"], s)
     return lines, best
 
 
@@ -118,16 +154,18 @@ def main(argv=None):
     p.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000])
     p.add_argument("--phases", nargs="+", default=["pilot", "seeds", "others", "curve"])
     p.add_argument("--others", nargs="*", default=list(OTHER_METHODS))
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="the first length of every run")
+    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="no run is trained longer than this")
     p.add_argument("--best", action="store_true", help="print the best pilot rate per (method, task) instead")
     a = p.parse_args(argv)
-    lines, best = plan(a.runs_dir, a.tasks, a.train_size, a.seeds, a.curve_sizes, a.others)
+    lines, best = plan(a.runs_dir, a.tasks, a.train_size, a.seeds, a.curve_sizes, a.others, a.epochs, a.max_epochs)
     if a.best:
         for (method, task), lr in sorted(best.items()):
             print(method, task, fmt_lr(lr))
         return
     for phase in a.phases:
-        for method, task, n, lr, seed in lines[phase]:
-            print(method, task, n, fmt_lr(lr), seed)
+        for method, task, n, lr, seed, epochs in lines[phase]:
+            print(method, task, n, fmt_lr(lr), seed, epochs)
 
 
 if __name__ == "__main__":

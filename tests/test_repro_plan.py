@@ -1,0 +1,93 @@
+"""The converged reproduction's planner (bitfit_experiments/report/repro_plan.py): the learning-rate pilot that grows
+past the edge of what it has run, and the convergence rule (a run whose best epoch is one of its last two is trained
+longer, 2 epochs at a time, up to 20) -- on fake run records, no training."""
+import json
+import os
+
+from bitfit_experiments.report import repro_plan as rp
+
+
+def put(runs, method, task, lr, seed=0, score=0.5, best_epoch=5, epochs=10, size=2000, status="complete"):
+    """A run record as run_glue.py writes it (only the fields the planner reads)."""
+    d = rp.run_dir(str(runs), method, task, size, lr, seed)
+    os.makedirs(d, exist_ok=True)
+    metric = rp.HEADLINE[task]
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump({"status": status, "eval_splits": ["dev"], "headline_metric": metric, "best_epoch": best_epoch,
+                   "last_epoch": epochs, "best": {"dev": {metric: score}}, "last": {"dev": {metric: score - 0.01}}},
+                  f)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({"args": {"epochs": epochs}}, f)
+    return d
+
+
+def plan(runs, tasks=("rte",), **kw):
+    lines, best = rp.plan(str(runs), list(tasks), 2000, [0, 1, 2], [], **kw)
+    return lines, best
+
+
+def test_the_pilot_starts_at_two_points_of_each_grid(tmp_path):
+    lines, best = plan(tmp_path)
+    assert [(m, lr, e) for m, _, _, lr, _, e in lines["pilot"]] == [
+        ("bitfit", 4e-4, 10), ("bitfit", 1e-3, 10), ("full_ft", 2e-5, 10), ("full_ft", 5e-5, 10)]
+    assert not best and not lines["seeds"] and not lines["others"]
+
+
+def test_a_best_rate_on_an_edge_grows_the_pilot_one_point_at_a_time(tmp_path):
+    put(tmp_path, "bitfit", "rte", 4e-4, score=0.56)
+    put(tmp_path, "bitfit", "rte", 1e-3, score=0.59)  # best at the top of the grid: one step past it
+    put(tmp_path, "full_ft", "rte", 2e-5, score=0.61)  # best at the bottom of what ran: the grid's next point down
+    put(tmp_path, "full_ft", "rte", 5e-5, score=0.58)
+    lines, best = plan(tmp_path)
+    assert sorted((m, lr) for m, _, _, lr, _, _ in lines["pilot"]) == [("bitfit", 1.3e-3), ("full_ft", 1e-5)]
+    put(tmp_path, "bitfit", "rte", 1.3e-3, score=0.55)  # lower: 1e-3 is bracketed
+    put(tmp_path, "full_ft", "rte", 1e-5, score=0.62)  # still the edge: one step past the grid (5e-6), no further
+    lines, best = plan(tmp_path)
+    assert best == {("bitfit", "rte"): 1e-3}
+    assert [(m, lr) for m, _, _, lr, _, _ in lines["pilot"]] == [("full_ft", 5e-6)]
+    assert [(m, lr, s) for m, _, _, lr, s, _ in lines["seeds"]] == [("bitfit", 1e-3, 1), ("bitfit", 1e-3, 2)]
+    assert {m for m, *_ in lines["others"]} == set(rp.OTHER_METHODS)
+    assert all(lr == 1e-3 and s == 0 for _, _, _, lr, s, _ in lines["others"])
+    put(tmp_path, "full_ft", "rte", 5e-6, score=0.63)  # best past the grid's edge: reported, not chased further
+    lines, best = plan(tmp_path)
+    assert best[("full_ft", "rte")] == 5e-6 and not lines["pilot"]
+
+
+def test_a_run_still_rising_is_trained_longer_before_anything_depends_on_it(tmp_path):
+    put(tmp_path, "bitfit", "rte", 4e-4, score=0.56)
+    put(tmp_path, "bitfit", "rte", 1e-3, score=0.59, best_epoch=10, epochs=10)  # best in its last epoch
+    lines, best = plan(tmp_path)
+    bitfit = [(lr, e) for m, _, _, lr, _, e in lines["pilot"] if m == "bitfit"]
+    assert bitfit == [(1e-3, 12)]  # 2 more epochs, and no step past the edge on a score still rising
+    assert ("bitfit", "rte") not in best and not lines["seeds"]
+    put(tmp_path, "bitfit", "rte", 1e-3, score=0.60, best_epoch=11, epochs=12)  # the last two epochs again
+    assert [(lr, e) for m, _, _, lr, _, e in plan(tmp_path)[0]["pilot"] if m == "bitfit"] == [(1e-3, 14)]
+    put(tmp_path, "bitfit", "rte", 1e-3, score=0.60, best_epoch=11, epochs=14)  # flat for 3 epochs: converged
+    assert [(lr, e) for m, _, _, lr, _, e in plan(tmp_path)[0]["pilot"] if m == "bitfit"] == [(1.3e-3, 10)]
+
+
+def test_training_longer_stops_at_20_epochs(tmp_path):
+    put(tmp_path, "bitfit", "rte", 4e-4, score=0.56, best_epoch=19, epochs=19)
+    assert [(lr, e) for m, _, _, lr, _, e in plan(tmp_path)[0]["pilot"] if m == "bitfit"] == [(4e-4, 20), (1e-3, 10)]
+    put(tmp_path, "bitfit", "rte", 4e-4, score=0.56, best_epoch=20, epochs=20)  # still rising, but the cap
+    assert [(lr, e) for m, _, _, lr, _, e in plan(tmp_path)[0]["pilot"] if m == "bitfit"] == [(1e-3, 10)]
+
+
+def test_the_rule_holds_for_every_phase_and_a_run_being_extended_keeps_its_length(tmp_path):
+    for lr, score in ((4e-4, 0.56), (7e-4, 0.57), (1e-3, 0.59), (1.3e-3, 0.55)):
+        put(tmp_path, "bitfit", "rte", lr, score=score)
+    put(tmp_path, "bitfit", "rte", 1e-3, seed=1, best_epoch=9)  # a seed run peaking in its last two epochs
+    put(tmp_path, "frozen", "rte", 1e-3, best_epoch=3)  # converged
+    put(tmp_path, "bm2", "rte", 1e-3, epochs=12, status="running")  # being trained to 12 right now
+    lines, _ = plan(tmp_path)
+    assert [(s, e) for m, _, _, _, s, e in lines["seeds"] if m == "bitfit"] == [(1, 12), (2, 10)]
+    others = {m: e for m, _, _, _, _, e in lines["others"]}
+    assert "frozen" not in others and others["bm2"] == 12 and others["bq"] == 10
+
+
+def test_the_command_line_prints_one_run_per_line_with_its_epochs(tmp_path, capsys):
+    put(tmp_path, "bitfit", "rte", 1e-3, best_epoch=10)
+    rp.main([str(tmp_path), "--tasks", "rte", "--phases", "pilot"])
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["bitfit rte 2000 4e-4 0 10", "bitfit rte 2000 1e-3 0 12",
+                   "full_ft rte 2000 2e-5 0 10", "full_ft rte 2000 5e-5 0 10"]
