@@ -74,9 +74,11 @@ count_complete() {
     echo $((${#RUN_DIRS[@]} - $(incomplete_indices | wc -l)))
 }
 
-add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3
-add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures"
-add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt"
+# --lr-selection pilot: each cell at the pilot's rate (seed 0's best), where its other seeds ran.
+add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3 --lr-selection pilot
+add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures" --lr-selection pilot
+add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt" \
+    --lr-selection pilot
 
 round=0
 while :; do

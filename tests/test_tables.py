@@ -106,6 +106,24 @@ def test_last_epoch_selection_can_change_the_learning_rate(tmp_path):
     assert tables.aggregate(runs, "last")[("bert-base-cased", "BitFit", "mrpc", None)]["lr"] == 1e-4
 
 
+def test_pilot_lr_selection_keeps_the_rate_the_seeds_ran_at(tmp_path):
+    """The converged protocol: seed 0 at several rates (the pilot), seeds 1-2 only at the pilot's best. By the mean,
+    a rate with one pilot run (0.72) beats the pilot's rate once its later seeds come in lower (mean 0.66)."""
+    r = str(tmp_path)
+    make_run(r, "p1", "rte", "bitfit", 1e-3, 0, [0.60, 0.72, 0.71])   # the pilot's best (0.72)
+    make_run(r, "s1", "rte", "bitfit", 1e-3, 1, [0.62, 0.64, 0.60])
+    make_run(r, "s2", "rte", "bitfit", 1e-3, 2, [0.62, 0.62, 0.60])
+    make_run(r, "p2", "rte", "bitfit", 4e-4, 0, [0.70, 0.69, 0.69])   # one pilot point, below 0.72
+    make_run(r, "p3", "rte", "bitfit", 7e-4, 0, [0.72, 0.70, 0.65])  # ties 0.72, lower rate, lower last epoch: loses
+    runs, _ = tables.load_runs(r)
+    key = ("bert-base-cased", "BitFit", "rte", None)
+    assert tables.aggregate(runs, "best")[key]["lr"] == 7e-4
+    pilot = tables.aggregate(runs, "best", lr_selection="pilot")[key]
+    assert pilot["lr"] == 1e-3 and pilot["n"] == 3 and pilot["mean"]["rte"] == pytest.approx(66.0)
+    with pytest.raises(UsageError):
+        tables.aggregate(runs, "best", lr_selection="median")
+
+
 def test_paper_average_counts_mnli_once():
     values = {c: 80.0 for c in tables.COLUMNS}
     values["mnli_m"], values["mnli_mm"] = 70.0, 74.0  # MNLI counts as 72 -> (7*80 + 72) / 8 = 79

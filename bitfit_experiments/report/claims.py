@@ -137,17 +137,17 @@ def heatmap_claims(cells, model):
     return out
 
 
-def _rows(runs_dir, selection):
+def _rows(runs_dir, selection, lr_selection="mean"):
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
-    cells = tables.aggregate(runs, selection)
+    cells = tables.aggregate(runs, selection, lr_selection=lr_selection)
     return cells, tables.table_rows(cells)
 
 
-def check_claims(runs_dir, selection="best"):
+def check_claims(runs_dir, selection="best", lr_selection="mean"):
     """-> list of (model, claim, status, detail)."""
-    return claims_from(*_rows(runs_dir, selection))
+    return claims_from(*_rows(runs_dir, selection, lr_selection))
 
 
 def claims_from(cells, rows):
@@ -194,10 +194,11 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"),
                     help="GLUE files for the majority-class baselines (default: $GLUE_DIR; none: no baselines)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
+    ap.add_argument("--lr-selection", choices=tables.LR_SELECTIONS, default="mean", help=tables.LR_HELP)
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a directory, or a path under a file, is refused in one line
         check_writable(args.out, "--out", kind="file")
-    cells, rows = _rows(args.runs_dir, args.epoch_selection)  # the runs are read once
+    cells, rows = _rows(args.runs_dir, args.epoch_selection, args.lr_selection)  # the runs are read once
     results = claims_from(cells, rows)
     context = baseline_report(rows, args.data_dir) if args.data_dir else ()
     text = render(results, args.epoch_selection, context)

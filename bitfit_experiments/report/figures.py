@@ -222,11 +222,11 @@ def generalization_gap(cells, results_by_path, out):
     return written
 
 
-def make_figures(runs_dir, out, selection="best"):
+def make_figures(runs_dir, out, selection="best", lr_selection="mean"):
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
-    cells = tables.aggregate(runs, selection)
+    cells = tables.aggregate(runs, selection, lr_selection=lr_selection)
     results_by_path = {r["path"]: r["results"] for r in runs}
     return (bias_heatmaps(cells, out) + training_size_curves(cells, results_by_path, out)
             + dev_learning_curves(cells, results_by_path, out) + generalization_gap(cells, results_by_path, out))
@@ -237,10 +237,12 @@ def main(argv=None):
     ap.add_argument("runs_dir")
     ap.add_argument("--out", default=None, help="directory for the figures (default: RUNS_DIR/figures)")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
+    ap.add_argument("--lr-selection", choices=tables.LR_SELECTIONS, default="mean", help=tables.LR_HELP)
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a file, or a path under one, is refused in one line
         check_writable(args.out, "--out")
-    written = make_figures(args.runs_dir, args.out or os.path.join(args.runs_dir, "figures"), args.epoch_selection)
+    written = make_figures(args.runs_dir, args.out or os.path.join(args.runs_dir, "figures"), args.epoch_selection,
+                           args.lr_selection)
     for path in written:
         print(path)
     if not written:

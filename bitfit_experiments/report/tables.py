@@ -10,7 +10,10 @@ What a cell is, step by step (the paper only says "mean±std over 5 seeds, minim
      (what the official code's learning curves report) or the last epoch.
   3. Per (model, method, task, train size) the learning rate with the best mean score over seeds wins (MNLI: by
      the matched split, the split the runs pick their best epoch on); the cell is mean ± sample std (ddof=1) over
-     that learning rate's seeds.
+     that learning rate's seeds. With --lr-selection pilot (the converged reproduction's protocol: a pilot over
+     rates on the first seed, the other seeds only at the pilot's rate), the rate is the one whose first-seed run
+     scores best (ties: the higher last-epoch score, then the lower rate; the rule of report/repro_plan.py), so
+     that one lucky pilot run at another rate never displaces the rate the seeds were run at.
   4. Avg. is the paper's: the mean of the 8 tasks with MNLI-m and MNLI-mm averaged into one. A row that misses
      tasks gets the average over the tasks it has, and the paper's number beside it is recomputed over the
      same tasks, so the two stay comparable.
@@ -130,8 +133,36 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(runs, selection="best", metric_of=None):
-    """One cell per (model, method, task, train_size): best-mean learning rate, then mean/std over its seeds.
+LR_SELECTIONS = ("mean", "pilot")
+LR_TEXT = {"mean": "best mean over seeds per cell",
+           "pilot": "the pilot's, per cell (the best run of the first seed; the other seeds ran at that rate only)"}
+LR_HELP = ("how a cell's learning rate is chosen: mean (the best mean over seeds; every rate has every seed) or pilot "
+           "(the best run of the lowest seed, the other seeds run at that rate only: scripts/cpu_repro.sh)")
+
+
+def _first(record, selection, metric_of=None):
+    """The score a learning rate is chosen on: the first column (MNLI: matched, the split of the best epoch)."""
+    return list(run_scores(record, selection, metric_of).values())[0]
+
+
+def choose_lr(by_lr, selection="best", lr_selection="mean", metric_of=None):
+    """The learning rate of a cell from {lr: [runs]}. mean: the best mean over that rate's seeds (ties: the smaller
+    rate). pilot: the best run of the lowest seed (the pilot's), ties by the higher last-epoch score, then the smaller
+    rate; rates without a run of that seed do not compete."""
+    if lr_selection == "mean":
+        mean = {lr: statistics.fmean(_first(r["results"], selection, metric_of) for r in rs) for lr, rs in by_lr.items()}
+        return max(sorted(mean), key=lambda lr: mean[lr])
+    if lr_selection != "pilot":
+        raise UsageError(f"learning-rate selection {lr_selection!r} is unknown; use one of {', '.join(LR_SELECTIONS)}")
+    seed = min((r["seed"] for rs in by_lr.values() for r in rs), key=lambda s: (str(type(s)), s))
+    pilot = {lr: next(r for r in rs if r["seed"] == seed) for lr, rs in by_lr.items()
+             if any(r["seed"] == seed for r in rs)}
+    return max(sorted(pilot), key=lambda lr: (_first(pilot[lr]["results"], selection, metric_of),
+                                              _first(pilot[lr]["results"], "last", metric_of), -lr))
+
+
+def aggregate(runs, selection="best", metric_of=None, lr_selection="mean"):
+    """One cell per (model, method, task, train_size): its learning rate (choose_lr), then mean/std over its seeds.
 
     Returns {key: cell}; a cell has model, method, task, train_size, lr, seeds, n, scores {column: [per seed]},
     mean {column}, std {column}, by_lr {lr: (mean selection score, n seeds)}, param_share, runs (paths).
@@ -145,9 +176,8 @@ def aggregate(runs, selection="best", metric_of=None):
         summary = {}
         for lr, lr_runs in sorted(by_lr.items()):
             # Select on the split each run picks its best epoch on (MNLI: matched); first column = that split.
-            first = [list(run_scores(r["results"], selection, metric_of).values())[0] for r in lr_runs]
-            summary[lr] = (statistics.fmean(first), len(lr_runs))
-        best_lr = max(sorted(summary), key=lambda lr: summary[lr][0])  # ties -> the smaller lr
+            summary[lr] = (statistics.fmean(_first(r["results"], selection, metric_of) for r in lr_runs), len(lr_runs))
+        best_lr = choose_lr(by_lr, selection, lr_selection, metric_of)
         chosen = sorted(by_lr[best_lr], key=lambda r: (str(r["seed"]), r["path"]))
         scores = {}
         for r in chosen:
@@ -305,7 +335,7 @@ def _tex(s):
             .replace("#", r"\#"))
 
 
-def render_markdown(rows, cells, paper, table, ignored, selection):
+def render_markdown(rows, cells, paper, table, ignored, selection, lr_selection="mean"):
     display = build_table(rows, paper, table)
     sel = {"best": "best dev epoch per run", "last": "last epoch"}[selection]
     title = ("the LoRA paper's Table 2 (RoBERTa-base; there MRPC and QQP are accuracy, STS-B Pearson, and our cells "
@@ -313,7 +343,8 @@ def render_markdown(rows, cells, paper, table, ignored, selection):
              else f"the paper's Table {table}")
     lines = [f"# Dev-set results vs {title}", "",
              f"Cell: ours mean±std over seeds / paper (ours − paper); metrics ×100, the paper's Table 5 metric. "
-             f"Epoch selection: {sel}. Learning rate: best mean over seeds per cell. Avg.: 8 tasks, MNLI m/mm "
+             f"Epoch selection: {sel}. Learning rate: "
+             f"{LR_TEXT[lr_selection]}. Avg.: 8 tasks, MNLI m/mm "
              f"averaged into one; rows missing tasks average what they have, and the paper's Avg. beside them is "
              f"recomputed over the same tasks.", ""]
     header = ["Model", "Method", "%Param"] + [COLUMN_TITLES[c] for c in COLUMNS] + ["Avg."]
@@ -377,6 +408,7 @@ def main(argv=None):
     ap.add_argument("--paper-table", choices=["1", "2", "3", "lora", "auto"], default="auto",
                     help="the table beside ours: the BitFit paper's 1-3, or the LoRA paper's Table 2 (RoBERTa-base "
                     "BitFit / LoRA / Full-FT, on its metrics); auto picks among 1-3 from the runs")
+    ap.add_argument("--lr-selection", choices=LR_SELECTIONS, default="mean", help=LR_HELP)
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a file, or a path under one, is refused in one line
         check_writable(args.out, "--out")
@@ -386,11 +418,11 @@ def main(argv=None):
                          "run a sweep first (scripts/*.sh) or point at its output directory")
     fixed = None if args.paper_table == "auto" else (args.paper_table if args.paper_table == "lora"
                                                      else int(args.paper_table))
-    cells = aggregate(runs, args.epoch_selection, PAPER_METRICS.get(fixed))
+    cells = aggregate(runs, args.epoch_selection, PAPER_METRICS.get(fixed), args.lr_selection)
     rows = table_rows(cells)
     table = choose_paper_table(rows) if fixed is None else fixed
     paper = load_paper(table)
-    md = render_markdown(rows, cells, paper, table, ignored, args.epoch_selection)
+    md = render_markdown(rows, cells, paper, table, ignored, args.epoch_selection, args.lr_selection)
     out = args.out or args.runs_dir
     atomic_write_text(os.path.join(out, "table.md"), md)
     atomic_write_text(os.path.join(out, "table.tex"), render_latex(rows, paper, table, args.epoch_selection))
