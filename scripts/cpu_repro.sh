@@ -74,11 +74,13 @@ count_complete() {
     echo $((${#RUN_DIRS[@]} - $(incomplete_indices | wc -l)))
 }
 
-# --lr-selection pilot: each cell at the pilot's rate (seed 0's best), where its other seeds ran.
-add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3 --lr-selection pilot
-add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures" --lr-selection pilot
+# --lr-selection pilot: each cell at the pilot's rate (seed 0's best), where its other seeds ran; --table-train-size:
+# the table, claims and curves per task at TRAIN_SIZE (SST-2 also has the training-size curve's sizes).
+REPORT_ARGS=(--lr-selection pilot --table-train-size "$TRAIN_SIZE")
+add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3 "${REPORT_ARGS[@]}"
+add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures" "${REPORT_ARGS[@]}"
 add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt" \
-    --lr-selection pilot
+    "${REPORT_ARGS[@]}"
 
 round=0
 while :; do

@@ -70,3 +70,21 @@ def test_dev_curve_is_the_mean_and_std_over_seeds_per_epoch(tmp_path):
     records = [x["results"] for x in runs]
     assert [round(v, 6) for v in figures._curve(records, "dev")] == [52.0, 62.0, 70.0]
     assert [round(v, 6) for v in figures._curve_std(records, "dev")] == [2.0, 2.0, 0.0]
+    mean, std, count = figures._curve_ragged(records, "dev")
+    assert [round(v, 6) for v in mean] == [52.0, 62.0, 70.0] and [round(v, 6) for v in std] == [2.0, 2.0, 0.0]
+
+
+def test_dev_curve_goes_on_where_a_seed_was_trained_longer(tmp_path):
+    """The convergence rule trains some runs longer: the curve keeps their later epochs (over the runs that have
+    them) instead of cutting every seed at the shortest."""
+    from bitfit_experiments.report import tables
+    r = str(tmp_path / "runs")
+    make_run(r, "b/0", "rte", "bitfit", 1e-3, 0, [0.50, 0.60, 0.70, 0.72, 0.71])
+    make_run(r, "b/1", "rte", "bitfit", 1e-3, 1, [0.54, 0.62, 0.66])
+    runs, _ = tables.load_runs(r)
+    records = sorted((x["results"] for x in runs), key=lambda x: x.seed)
+    mean, std, count = figures._curve_ragged(records, "dev")
+    assert [round(v, 6) for v in mean] == [52.0, 61.0, 68.0, 72.0, 71.0] and count == [2, 2, 2, 1, 1]
+    assert std[3:] == [0.0, 0.0]
+    written = figures.make_figures(r, str(tmp_path / "fig"))
+    assert any(p.endswith("dev_curve_bert-base-cased_rte.png") for p in written)

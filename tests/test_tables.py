@@ -124,6 +124,25 @@ def test_pilot_lr_selection_keeps_the_rate_the_seeds_ran_at(tmp_path):
         tables.aggregate(runs, "best", lr_selection="median")
 
 
+def test_a_table_at_one_training_size_beside_a_training_size_curve(tmp_path):
+    """SST-2 at 2,000 like every other task, plus BitFit/Full-FT at 4,000 for the curve: the table reports 2,000
+    when asked; the default (largest) would mix sizes between rows."""
+    r = str(tmp_path)
+    make_run(r, "b2", "sst2", "bitfit", 1e-3, 0, [0.80], train_size=2000)
+    make_run(r, "f2", "sst2", "full_ft", 2e-5, 0, [0.82], train_size=2000)
+    make_run(r, "z2", "sst2", "frozen", 1e-3, 0, [0.70], train_size=2000)
+    make_run(r, "b4", "sst2", "bitfit", 1e-3, 0, [0.85], train_size=4000)
+    make_run(r, "f4", "sst2", "full_ft", 2e-5, 0, [0.88], train_size=4000)
+    make_run(r, "r1", "rte", "bitfit", 1e-3, 0, [0.60], train_size=1000)  # no cell at 2,000: keeps its own
+    runs, _ = tables.load_runs(r)
+    cells = tables.aggregate(runs, "best")
+    sizes = lambda rows: {(m, t): c["train_size"] for (_, m), row in rows.items() for t, c in row.items()}
+    assert sizes(tables.table_rows(cells))[("BitFit", "sst2")] == 4000
+    assert sizes(tables.table_rows(tables.at_train_size(cells, 2000))) == {
+        ("BitFit", "sst2"): 2000, ("Full-FT", "sst2"): 2000, ("Frozen", "sst2"): 2000, ("BitFit", "rte"): 1000}
+    assert tables.at_train_size(cells, None) is cells
+
+
 def test_paper_average_counts_mnli_once():
     values = {c: 80.0 for c in tables.COLUMNS}
     values["mnli_m"], values["mnli_mm"] = 70.0, 74.0  # MNLI counts as 72 -> (7*80 + 72) / 8 = 79

@@ -137,17 +137,17 @@ def heatmap_claims(cells, model):
     return out
 
 
-def _rows(runs_dir, selection, lr_selection="mean"):
+def _rows(runs_dir, selection, lr_selection="mean", train_size=None):
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
-    cells = tables.aggregate(runs, selection, lr_selection=lr_selection)
+    cells = tables.at_train_size(tables.aggregate(runs, selection, lr_selection=lr_selection), train_size)
     return cells, tables.table_rows(cells)
 
 
-def check_claims(runs_dir, selection="best", lr_selection="mean"):
+def check_claims(runs_dir, selection="best", lr_selection="mean", train_size=None):
     """-> list of (model, claim, status, detail)."""
-    return claims_from(*_rows(runs_dir, selection, lr_selection))
+    return claims_from(*_rows(runs_dir, selection, lr_selection, train_size))
 
 
 def claims_from(cells, rows):
@@ -195,10 +195,11 @@ def main(argv=None):
                     help="GLUE files for the majority-class baselines (default: $GLUE_DIR; none: no baselines)")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     ap.add_argument("--lr-selection", choices=tables.LR_SELECTIONS, default="mean", help=tables.LR_HELP)
+    ap.add_argument("--table-train-size", type=int, help=tables.TRAIN_SIZE_HELP)
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a directory, or a path under a file, is refused in one line
         check_writable(args.out, "--out", kind="file")
-    cells, rows = _rows(args.runs_dir, args.epoch_selection, args.lr_selection)  # the runs are read once
+    cells, rows = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)  # the runs are read once
     results = claims_from(cells, rows)
     context = baseline_report(rows, args.data_dir) if args.data_dir else ()
     text = render(results, args.epoch_selection, context)

@@ -152,6 +152,16 @@ def _curve_std(results_list, split):
     return [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
 
 
+def _curve_ragged(results_list, split):
+    """Per epoch up to the longest run (runs trained longer in place have more epochs than their seeds): the mean,
+    the sample std (ddof 1; 0 for one run) and the number of runs that reached that epoch."""
+    key = results_list[0].headline_metric
+    n = max(len(r.epochs) for r in results_list)
+    per_epoch = [[100 * r.epochs[i].metrics[split][key] for r in results_list if i < len(r.epochs)] for i in range(n)]
+    return ([statistics.fmean(v) for v in per_epoch], [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch],
+            [len(v) for v in per_epoch])
+
+
 def dev_learning_curves(cells, results_by_path, out):
     """Per (model, task): the dev headline metric per epoch, mean ± std over the seeds of the chosen learning rate,
     BitFit vs Full-FT -- whether the curves have flattened is what 'trained to convergence' means."""
@@ -169,10 +179,14 @@ def dev_learning_curves(cells, results_by_path, out):
             cell = methods[method]
             runs = [results_by_path[p] for p in cell["runs"]]
             split = runs[0].eval_splits[0]
-            mean, std = _curve(runs, split), _curve_std(runs, split)
+            mean, std, count = _curve_ragged(runs, split)
             epochs = list(range(1, len(mean) + 1))
-            ax.plot(epochs, mean, "-o", ms=3, color=color,
+            full = sum(c == len(runs) for c in count)  # epochs every seed reached; after them a dashed tail
+            ax.plot(epochs[:full], mean[:full], "-o", ms=3, color=color,
                     label=f"{method} (lr {cell['lr']:g}, {len(runs)} seed{'s' if len(runs) > 1 else ''})")
+            if full < len(epochs):  # some seeds were trained longer (the convergence rule): fewer seeds there
+                ax.plot(epochs[full - 1:], mean[full - 1:], "--o", ms=2, color=color, alpha=0.8,
+                        label=f"{method}: epochs {full + 1}-{len(epochs)}, only the seeds trained longer")
             ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                             color=color, alpha=0.15)
         metric = results_by_path[next(iter(methods.values()))["runs"][0]].headline_metric
@@ -222,14 +236,17 @@ def generalization_gap(cells, results_by_path, out):
     return written
 
 
-def make_figures(runs_dir, out, selection="best", lr_selection="mean"):
+def make_figures(runs_dir, out, selection="best", lr_selection="mean", train_size=None):
+    """Every figure that applies. `train_size`: the size the per-task figures show where a task has several (the
+    training-size curve itself shows them all)."""
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
     cells = tables.aggregate(runs, selection, lr_selection=lr_selection)
+    at_size = tables.at_train_size(cells, train_size)
     results_by_path = {r["path"]: r["results"] for r in runs}
-    return (bias_heatmaps(cells, out) + training_size_curves(cells, results_by_path, out)
-            + dev_learning_curves(cells, results_by_path, out) + generalization_gap(cells, results_by_path, out))
+    return (bias_heatmaps(at_size, out) + training_size_curves(cells, results_by_path, out)
+            + dev_learning_curves(at_size, results_by_path, out) + generalization_gap(at_size, results_by_path, out))
 
 
 def main(argv=None):
@@ -238,11 +255,12 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="directory for the figures (default: RUNS_DIR/figures)")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
     ap.add_argument("--lr-selection", choices=tables.LR_SELECTIONS, default="mean", help=tables.LR_HELP)
+    ap.add_argument("--table-train-size", type=int, help=tables.TRAIN_SIZE_HELP)
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a file, or a path under one, is refused in one line
         check_writable(args.out, "--out")
     written = make_figures(args.runs_dir, args.out or os.path.join(args.runs_dir, "figures"), args.epoch_selection,
-                           args.lr_selection)
+                           args.lr_selection, args.table_train_size)
     for path in written:
         print(path)
     if not written:

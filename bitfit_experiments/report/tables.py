@@ -196,6 +196,20 @@ def aggregate(runs, selection="best", metric_of=None, lr_selection="mean"):
     return cells
 
 
+def at_train_size(cells, size):
+    """The cells a table reports when it is asked for one training size: a (model, method, task) that has a cell at
+    `size` keeps only that one (the converged reproduction trains every task on 2,000 examples and SST-2 also at the
+    sizes of its training-size curve); one without keeps its own (table_rows then picks the largest). None: all."""
+    if size is None:
+        return cells
+    have = {k[:3] for k in cells if k[3] == size}
+    return {k: c for k, c in cells.items() if k[:3] not in have or k[3] == size}
+
+
+TRAIN_SIZE_HELP = ("the training size the table reports where a task was run at several (a training-size curve beside "
+                   "the table's runs); default: the full training set, else the largest subset")
+
+
 def table_rows(cells):
     """{(model, method): {task: cell}}, one cell per task: the full training set when there is one, else the
     largest subset (training-size sweeps put several subsets of one task in the same runs dir)."""
@@ -409,6 +423,7 @@ def main(argv=None):
                     help="the table beside ours: the BitFit paper's 1-3, or the LoRA paper's Table 2 (RoBERTa-base "
                     "BitFit / LoRA / Full-FT, on its metrics); auto picks among 1-3 from the runs")
     ap.add_argument("--lr-selection", choices=LR_SELECTIONS, default="mean", help=LR_HELP)
+    ap.add_argument("--table-train-size", type=int, help=TRAIN_SIZE_HELP)
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a file, or a path under one, is refused in one line
         check_writable(args.out, "--out")
@@ -418,7 +433,8 @@ def main(argv=None):
                          "run a sweep first (scripts/*.sh) or point at its output directory")
     fixed = None if args.paper_table == "auto" else (args.paper_table if args.paper_table == "lora"
                                                      else int(args.paper_table))
-    cells = aggregate(runs, args.epoch_selection, PAPER_METRICS.get(fixed), args.lr_selection)
+    cells = at_train_size(aggregate(runs, args.epoch_selection, PAPER_METRICS.get(fixed), args.lr_selection),
+                          args.table_train_size)
     rows = table_rows(cells)
     table = choose_paper_table(rows) if fixed is None else fixed
     paper = load_paper(table)
