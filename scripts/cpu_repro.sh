@@ -12,13 +12,14 @@
 # What runs, and in what order, is decided by `python -m bitfit_experiments.repro_plan` from the runs already
 # complete (see its docstring): the learning-rate pilot on seed 0 (BitFit and Full-FT, growing past the edge of
 # what was run while the best rate sits there), then seeds 1-2 at the best rate, then the other Table 3 methods
-# (seed 0, at BitFit's best rate), then the SST-2 training-size curve. The script asks the planner again after each
-# round until nothing is left to run; rerun it to continue after an interruption (complete runs are skipped, a run
-# killed after an epoch-end checkpoint resumes exactly).
+# (seed 0, at BitFit's best rate), then the SST-2 training-size curve. Each worker asks the planner again whenever
+# it is free and takes the first run nobody has (dynamic_worker), until nothing is left; rerun the script to continue
+# after an interruption (complete runs are skipped, a run killed after an epoch-end checkpoint resumes exactly).
 #
-# Env: CPU_WORKERS (2 one-thread runs at a time), EPOCHS, MAX_EPOCHS, TRAIN_SIZE, PHASES ("pilot seeds others curve"),
-# TASKS, CURVE_SIZES, BUDGET_MINUTES (no run starts after that), RUNS_DIR, OUT_DIR, DATA_DIR, MODEL, DRY_RUN=1
-# (print the first round's commands), and everything of sweep_lib.sh.
+# Env: CPU_WORKERS (2 one-thread runs at a time), GPUS (one worker per GPU instead), EPOCHS, MAX_EPOCHS, TRAIN_SIZE,
+# PHASES ("pilot seeds others curve"), TASKS, CURVE_SIZES, BUDGET_MINUTES (no run starts after that), RUNS_DIR,
+# OUT_DIR, DATA_DIR, MODEL, DRY_RUN=1 (print the planner's current list), and everything of sweep_lib.sh but BANK
+# (each run goes alone).
 #
 # SLURM=1 submits one round: the planner's current list as job arrays, and a report job after them (the tables,
 # figures and claims of what is complete so far). The next round depends on this round's results, so rerun the same
@@ -65,15 +66,6 @@ plan_round() {
     done <<<"$plan"
 }
 
-# Complete = complete with the epochs its command asks for (a run being trained longer is not).
-all_complete() {
-    [[ -z "$(incomplete_indices)" ]]
-}
-
-count_complete() {
-    echo $((${#RUN_DIRS[@]} - $(incomplete_indices | wc -l)))
-}
-
 # --lr-selection pilot: each cell at the pilot's rate (seed 0's best), where its other seeds ran; --table-train-size:
 # the table, claims and curves per task at TRAIN_SIZE (SST-2 also has the training-size curve's sizes).
 REPORT_ARGS=(--lr-selection pilot --table-train-size "$TRAIN_SIZE")
@@ -82,34 +74,79 @@ add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/f
 add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt" \
     "${REPORT_ARGS[@]}"
 
-round=0
-while :; do
-    plan_round
-    round=$((round + 1))
-    if ((${#RUN_DIRS[@]} == 0)) || { [[ "$DRY_RUN" != 1 ]] && all_complete; }; then
-        echo "cpu_repro: nothing left to run (round $round)"
-        SWEEP_DONE=1
-        break
-    fi
-    before="$(count_complete)"
-    run_all
-    if [[ "$DRY_RUN" == 1 || "$SLURM" == 1 ]]; then
-        # One round only: DRY_RUN shows it, SLURM=1 submits it (the next round needs this one's results).
-        if [[ "$SLURM" == 1 && "$DRY_RUN" != 1 && "${SWEEP_DONE:-0}" != 1 ]]; then
-            echo "cpu_repro: round $round submitted; once its jobs have ended (squeue), rerun this command for the next round"
+# One worker of a local sweep: it asks the planner for the current list each time it is free and takes the first
+# run no worker has claimed (an atomic mkdir on the run and its asked length), so a pilot's next point, a run to be
+# trained longer or the seeds a finished pilot unlocks start as soon as they are known, never after a whole round.
+# With nothing left to claim it waits while another worker still runs something (that run may unlock more), else
+# it stops. A run that failed stays claimed for this invocation (rerun the script to redo it).
+dynamic_worker() {
+    local claims="$1" deadline="$2" gpu="${3:-}" i key
+    while :; do
+        plan_round
+        ((${#RUN_CMDS[@]} > 0)) || return 0
+        local claimed=""
+        for ((i = 0; i < ${#RUN_CMDS[@]}; i++)); do
+            key="$(printf '%s -e %s' "${RUN_DIRS[i]}" "$(asked_epochs "${RUN_CMDS[i]}")" | md5sum | cut -c1-20)"
+            mkdir "$claims/$key" 2>/dev/null || continue
+            claimed="$key"
+            break
+        done
+        if [[ -z "$claimed" ]]; then
+            [[ -n "$(find "$claims" -name running -print -quit)" ]] || return 0
+            sleep "${PLAN_POLL_SECONDS:-30}"
+            continue
         fi
-        break
+        if [[ -n "$deadline" && $(date +%s) -ge $deadline ]]; then
+            echo "budget of $BUDGET_MINUTES min used up: not starting more runs (rerun the script to continue)"
+            return 0
+        fi
+        touch "$claims/$claimed/running"
+        run_one "$i" "${RUN_CMDS[i]}" "$gpu" || :
+        rm -f "$claims/$claimed/running"
+    done
+}
+
+if [[ "$DRY_RUN" != 1 && "$SLURM" != 1 ]]; then
+    # Locally: workers that re-plan whenever one is free (dynamic_worker); the tables etc. once nothing is left.
+    claims="$(mktemp -d)"
+    deadline=""
+    [[ -n "$BUDGET_MINUTES" ]] && deadline=$(($(date +%s) + BUDGET_MINUTES * 60))
+    pids=()
+    if [[ -n "$GPUS" ]]; then
+        echo "cpu_repro: one worker per GPU ($GPUS), re-planning whenever one is free"
+        for gpu in $GPUS; do dynamic_worker "$claims" "$deadline" "$gpu" & pids+=($!); done
+    else
+        threads=$(( $(nproc) / CPU_WORKERS ))
+        ((threads >= 1)) || threads=1
+        echo "cpu_repro: $CPU_WORKERS CPU workers x $threads thread(s), re-planning whenever one is free"
+        for ((w = 0; w < CPU_WORKERS; w++)); do
+            (export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; dynamic_worker "$claims" "$deadline") &
+            pids+=($!)
+        done
     fi
-    if [[ "$(count_complete)" == "$before" ]]; then
-        echo "cpu_repro: this round completed no run (see the .log files beside the runs); stopping" >&2
+    for pid in "${pids[@]}"; do wait "$pid" || :; done
+    rm -rf -- "$claims"
+    plan_round
+    if ((${#RUN_DIRS[@]} == 0)); then
+        echo "cpu_repro: nothing left to run"
+        SWEEP_DONE=1
+    else
+        echo "cpu_repro: ${#RUN_DIRS[@]} runs left (budget used up, or failed runs: see the .log files beside them); rerun the script to continue" >&2
         SWEEP_DONE=0
-        break
     fi
-    if [[ -n "$BUDGET_MINUTES" ]] && ! all_complete; then
-        echo "cpu_repro: budget used up or runs failed; rerun the script to continue"
-        SWEEP_DONE=0
-        break
+else
+    # DRY_RUN=1 shows the planner's current list; SLURM=1 submits it as one round (the next round needs this
+    # one's results: rerun the command once its jobs have ended).
+    plan_round
+    if ((${#RUN_DIRS[@]} == 0)); then
+        echo "cpu_repro: nothing left to run"
+        SWEEP_DONE=1
+    else
+        run_all
+        if [[ "$SLURM" == 1 && "$DRY_RUN" != 1 && "${SWEEP_DONE:-0}" != 1 ]]; then
+            echo "cpu_repro: round submitted; once its jobs have ended (squeue), rerun this command for the next round"
+        fi
     fi
-done
+fi
 # Locally: the tables, figures and claims once nothing is left; under SLURM=1 the same steps as a report job.
 run_report

@@ -31,8 +31,13 @@ except UsageError as e:
 if "--resume" not in args and os.listdir(out):
     sys.exit(2)  # like run_glue.py: refuses a non-empty output directory
 with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(json.dumps(args + ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "")]) + "\n")
+    f.write(json.dumps(args + ["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", ""), f"START={time.time()}"])
+            + "\n")
 time.sleep(float(os.environ.get("FAKE_SECONDS", "0")))
+if get("-t") == os.environ.get("FAKE_SLOW_TASK"):  # one slow task: a run the other worker must not wait for
+    time.sleep(float(os.environ["FAKE_SLOW_SECONDS"]))
+    with open(os.environ["FAKE_LOG"] + ".slow_done", "a") as f:
+        f.write(f"{time.time()} {out}\n")
 status = "failed" if get("-t") == os.environ.get("FAKE_FAIL_TASK") else "complete"
 epochs = int(get("-e")) if "-e" in args else 1
 with open(os.path.join(out, "results.json"), "w") as f:  # the fields the sweeps and the repro planner read
@@ -95,6 +100,11 @@ def dry_run_lines(script, tmp_path, **env):
 def calls(tmp_path):
     log = tmp_path / "calls.jsonl"
     return [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+
+
+def omp(call):
+    """The OMP_NUM_THREADS the fake run saw."""
+    return next(a for a in call if a.startswith("OMP_NUM_THREADS="))
 
 
 def out_dir(call):
@@ -196,6 +206,25 @@ def test_cpu_repro_trains_a_run_still_rising_longer_in_place(tmp_path):
     assert rerun.returncode == 0 and "skip (complete)" in rerun.stdout and len(calls(tmp_path)) == n
 
 
+def test_cpu_repro_workers_replan_when_free_instead_of_waiting_for_a_round(tmp_path):
+    """While one worker is busy with a slow MRPC pilot run, the other takes what RTE's finished pilot points unlock
+    (the pilot's next rates) at once, not after every run of the current list has ended; every run goes once; the
+    sweep ends when the planner has nothing left."""
+    p = sweep("cpu_repro.sh", tmp_path, TASKS="rte mrpc", PHASES="pilot", FAKE_SLOW_TASK="mrpc",
+              FAKE_SLOW_SECONDS="6", PLAN_POLL_SECONDS="1")
+    assert p.returncode == 0, p.stderr
+    done = calls(tmp_path)
+    dirs = [out_dir(c) for c in done]
+    assert len(dirs) == len(set(dirs)) == 16, dirs  # per task and method: 2 points, the grid's next, one past it
+    start = {out_dir(c): float(c[-1].split("=")[1]) for c in done}
+    first_slow_end = min(float(l.split()[0]) for l in (tmp_path / "calls.jsonl.slow_done").read_text().splitlines())
+    # The fake scores every rate alike, so the pilot grows downwards: RTE's 1e-4 (BitFit) and 1e-5 (Full-FT) exist
+    # only once RTE's first points are complete. With a round barrier they would wait for the slow MRPC runs.
+    grown = [d for d in dirs if "rte-n2000" in d and ("/lr1e-4/" in d or "/lr1e-5/" in d)]
+    assert len(grown) == 2 and all(start[d] < first_slow_end for d in grown)
+    assert "nothing left to run" in p.stdout
+
+
 def test_resume_skips_complete_and_redoes_incomplete(tmp_path):
     env = dict(TASKS="rte", SEEDS="0 1", METHODS="bitfit", LRS_BIAS="1e-3")
     runs = tmp_path / "runs" / "bert-base-cased" / "bitfit" / "rte" / "lr1e-3"
@@ -271,7 +300,7 @@ def test_cpu_workers_split_the_cores(tmp_path):
     done = calls(tmp_path)
     assert len(done) == 8 and len({c[c.index("-o") + 1] for c in done}) == 8  # each run once, across both workers
     threads = max(1, len(os.sched_getaffinity(0)) // 2)  # what nproc counts
-    assert all("-d" not in c and c[-1] == f"OMP_NUM_THREADS={threads}" for c in done)
+    assert all("-d" not in c and omp(c) == f"OMP_NUM_THREADS={threads}" for c in done)
     assert "2 CPU workers" in p.stdout
 
 
@@ -351,7 +380,7 @@ def test_slurm_tasks_run_their_line_of_the_list_fixed_at_submission(tmp_path, fa
             assert task.returncode == 0, task.stdout + task.stderr
     done = calls(tmp_path)
     assert [out_dir(c) for c in done] == [l.split(" -o ")[1].split()[0] for l in expected]  # each once, in order
-    assert all("-d" not in c and c[-1] == "OMP_NUM_THREADS=3" for c in done)  # CPUs of the task, not the node
+    assert all("-d" not in c and omp(c) == "OMP_NUM_THREADS=3" for c in done)  # CPUs of the task, not the node
     # a task past the end of the list is one line and exit 2
     bad = run_array_task(arrays[-1], 2, tmp_path, env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "past the end" in bad.stderr
@@ -376,7 +405,7 @@ def test_slurm_task_trains_on_the_gpu_slurm_gave_it(tmp_path, fake_slurm):
     assert run_array_task(array, 1, tmp_path, env).returncode == 0                            # no GPU asked for
     gpu, cpu = calls(tmp_path)
     assert gpu[gpu.index("-d") + 1] == "0"  # the allotted GPU is device 0 inside the task
-    assert "-d" not in cpu and cpu[-1] == "OMP_NUM_THREADS=1"  # SLURM_CPUS_ON_NODE without --cpus-per-task
+    assert "-d" not in cpu and omp(cpu) == "OMP_NUM_THREADS=1"  # SLURM_CPUS_ON_NODE without --cpus-per-task
 
 
 def test_slurm_resubmission_skips_complete_runs_and_leaves_running_ones_alone(tmp_path, fake_slurm):
