@@ -71,6 +71,8 @@ plan_round() {
 REPORT_ARGS=(--lr-selection pilot --table-train-size "$TRAIN_SIZE")
 add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3 "${REPORT_ARGS[@]}"
 add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures" "${REPORT_ARGS[@]}"
+add_report "$PYTHON" -m bitfit_experiments.report.repro_status "$RUNS_DIR" --out "$OUT_DIR/status.md" --tasks $TASKS \
+    --train-size "$TRAIN_SIZE" --curve-sizes $CURVE_SIZES
 add_report "$PYTHON" -m bitfit_experiments.claims "$RUNS_DIR" --data-dir "$DATA_DIR" --out "$OUT_DIR/claims.txt" \
     "${REPORT_ARGS[@]}"
 

@@ -91,3 +91,21 @@ def test_the_command_line_prints_one_run_per_line_with_its_epochs(tmp_path, caps
     out = capsys.readouterr().out.splitlines()
     assert out == ["bitfit rte 2000 4e-4 0 10", "bitfit rte 2000 1e-3 0 12",
                    "full_ft rte 2000 2e-5 0 10", "full_ft rte 2000 5e-5 0 10"]
+
+
+def test_the_status_table_is_made_from_the_records(tmp_path, capsys):
+    from bitfit_experiments.report import repro_status
+    d = put(tmp_path, "bitfit", "rte", 1e-3, score=0.59, best_epoch=2, epochs=3)
+    with open(os.path.join(d, "results.json")) as f:
+        r = json.load(f)
+    r["epochs"] = [{"epoch": i + 1, "train_loss": 0.7 - 0.01 * i, "metrics": {"dev": {"accuracy": v}}}
+                   for i, v in enumerate((0.50, 0.59, 0.55))]
+    r["total_train_time_sec"] = 1800
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(r, f)
+    put(tmp_path, "full_ft", "rte", 2e-5, status="running", epochs=10)
+    repro_status.main([str(tmp_path), "--tasks", "rte"])
+    out = capsys.readouterr().out
+    assert "| RTE BitFit lr 1e-3 seed 0 | acc 50.0 **59.0** 55.0 | 0.700 -> 0.680 | 59.0 (epoch 2 of 3) | - | 0.50 |" in out
+    assert "RTE Full-FT lr 2e-5 seed 0" in out and "running" in out
+    assert "1 complete of 2 started" in out

@@ -1,0 +1,127 @@
+"""The converged reproduction's progress as a markdown table, made from the run records (never typed by hand).
+
+    python -m bitfit_experiments.report.repro_status RUNS_DIR [--out FILE]
+
+One row per run directory under RUNS_DIR/<model>/<method>/<task>-n<size>/lr<rate>/seed<s>, complete or not: the dev
+headline metric per epoch (x100; the best epoch in bold), the training loss of the first and last epoch, the best
+epoch and its score, whether it was trained longer in place (the convergence rule) and the training time. Then
+the planner's decisions so far: the best pilot rate per (method, task) and what it would run next.
+
+Layer: report (reads finished runs; writes only --out).
+"""
+import argparse
+import json
+import os
+import sys
+
+from ..artifacts.io import atomic_write_text, check_writable
+from ..core.errors import UsageError, exit_on_usage_error
+from . import repro_plan
+
+METHOD_TITLE = {"full_ft": "Full-FT", "bitfit": "BitFit", "bm2_bq": "b_m2, b_q", "bm2": "b_m2", "bq": "b_q",
+                "frozen": "Frozen", "rand_uniform": "rand uniform", "rand_row_col": "rand row/col", "lora": "LoRA",
+                "ia3": "IA3", "bitfit_lora": "BitFit+LoRA"}
+TASK_ORDER = ["rte", "mrpc", "stsb", "cola", "sst2"]
+METRIC_TITLE = {"accuracy": "acc", "f1": "F1", "spearmanr": "Spearman", "matthews_correlation": "MCC"}
+
+
+def _load(path):
+    try:
+        with open(os.path.join(path, "results.json"), encoding="utf-8") as f:
+            r = json.load(f)
+        return r if isinstance(r, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def find(runs_dir):
+    """[(method, task, size, lr, seed, path, record)] for every run directory with a readable results.json."""
+    out = []
+    for model in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        mdir = os.path.join(runs_dir, model)
+        for method in sorted(os.listdir(mdir)) if os.path.isdir(mdir) else []:
+            for cell in sorted(os.listdir(os.path.join(mdir, method))):
+                task, _, size = cell.partition("-n")
+                cdir = os.path.join(mdir, method, cell)
+                if not os.path.isdir(cdir):
+                    continue
+                for lr in os.listdir(cdir):
+                    for seed in os.listdir(os.path.join(cdir, lr)) if os.path.isdir(os.path.join(cdir, lr)) else []:
+                        path = os.path.join(cdir, lr, seed)
+                        record = _load(path) if lr.startswith("lr") and seed.startswith("seed") else None
+                        if record is not None:
+                            out.append((method, task, int(size) if size.isdigit() else None, float(lr[2:]),
+                                        int(seed[4:]), path, record))
+    order = {m: i for i, m in enumerate(METHOD_TITLE)}
+    return sorted(out, key=lambda r: (TASK_ORDER.index(r[1]) if r[1] in TASK_ORDER else 99, r[2] or 0,
+                                      order.get(r[0], 99), r[3], r[4]))
+
+
+def row(method, task, size, lr, seed, record):
+    key = record.get("headline_metric") or repro_plan.HEADLINE[task]
+    split = (record.get("eval_splits") or ["dev"])[0]
+    epochs = record.get("epochs") or []
+    best = record.get("best_epoch")
+    scores = []
+    for e in epochs:
+        v = 100 * e["metrics"][split][key]
+        scores.append(f"**{v:.1f}**" if e["epoch"] == best and record.get("status") == "complete" else f"{v:.1f}")
+    loss = f"{epochs[0]['train_loss']:.3f} -> {epochs[-1]['train_loss']:.3f}" if epochs else ""
+    status = record.get("status", "?")
+    if status == "complete":
+        b = 100 * record["best"][split][key]
+        result = f"{b:.1f} (epoch {best} of {record['last_epoch']})"
+    else:
+        result = f"{status}, {len(epochs)} epoch{'s' if len(epochs) != 1 else ''} so far"
+    longer = record.get("resumed_after_epochs") or []
+    hours = (record.get("total_train_time_sec") or 0) / 3600
+    title = f"{task.upper()} {METHOD_TITLE.get(method, method)} lr {repro_plan.fmt_lr(lr)} seed {seed}"
+    if size and size != 2000:
+        title += f", {size:,} examples"
+    return (f"| {title} | {METRIC_TITLE.get(key, key)} {' '.join(scores)} | {loss} | {result} | "
+            f"{', '.join(str(n) for n in longer) or '-'} | {hours:.2f} |")
+
+
+def render(runs_dir, tasks, size, curve_sizes):
+    runs = find(runs_dir)
+    done = sum(r[6].get("status") == "complete" for r in runs)
+    hours = sum((r[6].get("total_train_time_sec") or 0) for r in runs) / 3600
+    lines = ["| run | dev per epoch (x100; best in bold) | train loss, first -> last epoch | best | resumed after epoch "
+             "(an interruption, or trained longer) | hours |", "|---|---|---|---|---|---|"]
+    lines += [row(m, t, n, lr, s, rec) for m, t, n, lr, s, _, rec in runs]
+    lines += ["", f"{done} complete of {len(runs)} started; {hours:.1f} worker-hours of training so far "
+              "(2 one-thread workers: wall time is about half)."]
+    plan, best = repro_plan.plan(runs_dir, tasks, size, [0, 1, 2], curve_sizes)
+    if best:
+        lines += ["", "Best pilot rate so far (seed 0, best-epoch dev score; the planner's rule): "
+                  + ", ".join(f"{METHOD_TITLE[m]} {t.upper()} {repro_plan.fmt_lr(lr)}" for (m, t), lr in sorted(
+                      best.items(), key=lambda kv: (TASK_ORDER.index(kv[0][1]), kv[0][0])))]
+    left = sum(len(v) for v in plan.values())
+    nxt = [f"{METHOD_TITLE.get(m, m)} {t.upper()} lr {repro_plan.fmt_lr(lr)} seed {s}" + (f" ({e} epochs)" if e != 10 else "")
+           for phase in ("pilot", "seeds", "others", "curve") for m, t, _, lr, s, e in plan[phase]][:8]
+    lines += ["", f"The planner's list now: {left} runs" + (f"; first: {'; '.join(nxt)}" if nxt else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.report.repro_status",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("runs_dir")
+    ap.add_argument("--out", help="also write the table to this file")
+    ap.add_argument("--tasks", nargs="+", default=TASK_ORDER)
+    ap.add_argument("--train-size", type=int, default=2000)
+    ap.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000])
+    a = ap.parse_args(argv)
+    if not os.path.isdir(a.runs_dir):
+        raise UsageError(f"runs directory {a.runs_dir!r} does not exist; pass the reproduction's runs directory "
+                         f"(e.g. results/cpu_repro/runs)")
+    if a.out:
+        check_writable(a.out, "--out", kind="file")
+    text = render(a.runs_dir, a.tasks, a.train_size, a.curve_sizes)
+    if a.out:
+        atomic_write_text(a.out, text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    exit_on_usage_error(main)()
