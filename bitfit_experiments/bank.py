@@ -19,11 +19,11 @@ import sys
 from .artifacts.io import check_writable
 from .cli import parse_config, recorded_threads, set_process_environment
 from .core.config import RunConfig
-from .core.errors import UsageError, exit_on_usage_error
+from .core.errors import OneLineParser, UsageError, exit_on_usage_error
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.bank", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="python -m bitfit_experiments.bank", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bank-dir", required=True, help="the bank's directory: its member list (bank.json) and its one "
                    "checkpoint; a new bank needs a new or empty directory, the same one resumes it")

@@ -13,7 +13,6 @@ The bank directory's name is a hash of its members' directories: the same list g
 
 Layer: run.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -23,7 +22,7 @@ import sys
 from .cli import parse_config
 from .core.bank import MEMBER_FIELDS
 from .core.config import RESUME_NEUTRAL
-from .core.errors import UsageError
+from .core.errors import OneLineParser, UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,7 +115,7 @@ def _emit(job, k, banks_dir, python):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.bank_plan", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bitfit_experiments.bank_plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--bank", type=int, required=True, help="at most this many runs per bank (1: no banks)")
     p.add_argument("--banks-dir", required=True, help="where the banks' own directories go")
     p.add_argument("--python", default=sys.executable, help="the interpreter of the bank commands")

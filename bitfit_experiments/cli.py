@@ -13,15 +13,7 @@ from dataclasses import MISSING, fields
 from .artifacts.io import check_writable
 from .core.config import BIAS_TERMS, FINE_TUNE_TYPES, LORA_TARGETS, PORTABLE_CPU_ENV, RunConfig
 from .core.data import TASKS
-from .core.errors import UsageError, exit_on_usage_error
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line (`error: ...`) and exit code 2, without the usage dump."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} -h)", file=sys.stderr)
-        sys.exit(2)
+from .core.errors import OneLineParser, UsageError, exit_on_usage_error
 
 
 def build_parser():

@@ -8,14 +8,13 @@ this machine), in its own process with the thread count the run recorded. Then t
 dev metric, and the best/last epochs, are compared for exact equality (timings are not compared). Prints one line
 per run, IDENTICAL or DIFFERENT (with the first difference), and exits 1 if any differs.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 
 from .artifacts.record import RecordError, RunRecord
-from .core.errors import UsageError, exit_on_usage_error
+from .core.errors import OneLineParser, UsageError, exit_on_usage_error
 
 RUN_GLUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run_glue.py")
 
@@ -59,7 +58,7 @@ def rerun(run_dir, out, overrides=()):
 
 @exit_on_usage_error
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.rerun", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bitfit_experiments.rerun", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run directories (each with config.json and results.json)")
     p.add_argument("--out", required=True, help="a new directory; run i is re-executed into OUT/<i>")
     p.add_argument("--model-name", help="the model folder on this machine, if the recorded path differs")

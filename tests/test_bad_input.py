@@ -974,3 +974,27 @@ def test_unreadable_pack_files(capsys, pack_setup, pack_copy, monkeypatch, name)
     os.replace(path, path + ".moved")
     os.mkdir(path)
     expect_predict_error(capsys, argv, path, "cannot read")
+
+
+@pytest.mark.parametrize("script", ["run_glue.py", "run_bank.py", "run_instruct.py"])
+def test_a_bad_thread_mode_is_one_line_in_every_entry_point(tmp_path, script):
+    """BITFIT_THREADS is read before torch loads, outside argparse: still one line, exit 2, nothing created."""
+    out, model = str(tmp_path / "run"), str(tmp_path / "model")
+    argv = {"run_glue.py": ["-o", out, "-m", model, "-t", "rte", "-f", "bitfit"],
+            "run_bank.py": ["--bank-dir", out + "_bank", "--", "-o", out, "-m", model, "-t", "rte", "-f", "bitfit"],
+            "run_instruct.py": ["-o", out, "-m", model, "--data", str(tmp_path / "alpaca.json")]}[script]
+    p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *argv], capture_output=True, text=True,
+                       env={**os.environ, "BITFIT_THREADS": "1"}, timeout=120)
+    line = assert_one_line_error(p.returncode, p.stderr, "BITFIT_THREADS", "'1'", "OMP_NUM_THREADS")
+    assert "auto" in line and not os.path.exists(out) and not os.path.exists(out + "_bank")
+
+
+@pytest.mark.parametrize("module", ["bitfit_experiments.bank", "bitfit_experiments.rerun", "bitfit_experiments.tables",
+                                    "bitfit_experiments.claims", "bitfit_experiments.figures",
+                                    "bitfit_experiments.repro_plan", "bitfit_experiments.report.repro_status",
+                                    "bitfit_experiments.submission", "bitfit_experiments.benchmark",
+                                    "bitfit_experiments.bench_inference", "bitfit_experiments.report.probe"])
+def test_every_command_line_refuses_an_unknown_flag_in_one_line(module):
+    p = subprocess.run([sys.executable, "-m", module, "--no-such-flag"], capture_output=True, text=True,
+                       cwd=REPO_ROOT, timeout=120)
+    assert_one_line_error(p.returncode, p.stderr)  # (a missing required argument may be named first)

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from ..core.errors import OneLineParser
 
 START = time.perf_counter()
 STEPS_PER_EPOCH = 125
@@ -302,7 +303,7 @@ def to_markdown(table, serve, meta):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.bench.bank_bench",
+    p = OneLineParser(prog="python -m bitfit_experiments.bench.bank_bench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
     p.add_argument("--lengths", nargs="+", default=["sst2", "rte"], choices=sorted(LENGTH_TASKS))

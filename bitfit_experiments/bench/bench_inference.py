@@ -26,7 +26,7 @@ from ..core import data, selection
 
 from ..artifacts import packs
 from ..core.batching import batch_order, collate, encode
-from ..core.errors import exit_on_usage_error
+from ..core.errors import OneLineParser, exit_on_usage_error
 from ..artifacts.io import atomic_write_json, library_versions
 from ..core.model import load_model, load_tokenizer
 
@@ -98,7 +98,7 @@ def benchmark(models, enc, pad_token_id, batch_size, rounds):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.bench_inference", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bitfit_experiments.bench_inference", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", default=default_base(), help="base model (default: the installed all-MiniLM-L6-v2)")
     p.add_argument("--pack", help="a run's pack folder (default: a simulated BitFit pack for --task)")
     p.add_argument("--task", default="rte")

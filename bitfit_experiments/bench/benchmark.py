@@ -47,6 +47,7 @@ from types import SimpleNamespace
 
 from ..artifacts.record import RunRecord
 from ..core.data import TASKS as GLUE_TASKS
+from ..core.errors import OneLineParser
 
 DEFAULT_TASKS = ("rte", "cola", "sst2")  # the timed-step cases by default
 TYPES = ("bitfit", "full_ft", "frozen")
@@ -661,7 +662,7 @@ def _pct(x):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.benchmark", description=__doc__,
+    p = OneLineParser(prog="python -m bitfit_experiments.benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="encoder directory or hub id (default: all-MiniLM-L6-v2 package)")
     p.add_argument("--data-dir", default=None, help="GLUE files (default: $GLUE_DIR, else ../shared/glue)")

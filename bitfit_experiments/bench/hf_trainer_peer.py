@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from ..core.errors import OneLineParser
 
 
 def bitfit_the_usual_way(model):
@@ -99,7 +100,7 @@ def train_and_evaluate(args):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.bench.hf_trainer_peer", description=__doc__,
+    p = OneLineParser(prog="python -m bitfit_experiments.bench.hf_trainer_peer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-t", "--task", required=True)
     p.add_argument("-m", "--model", required=True)

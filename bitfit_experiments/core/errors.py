@@ -6,6 +6,7 @@ with code 2 -- no traceback. Bugs in our own code are not UsageErrors and keep t
 
 Layer: core.
 """
+import argparse
 import sys
 
 
@@ -30,3 +31,12 @@ def exit_on_usage_error(main):
     wrapper.__name__ = main.__name__
     wrapper.__doc__ = main.__doc__
     return wrapper
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (`error: ...`) and exit code 2, without the usage dump. Every command
+    line of the project uses it."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} -h)", file=sys.stderr)
+        sys.exit(2)

@@ -200,6 +200,10 @@ def apply_thread_policy(environ=None, *, threads=None, sampler=busy_cores, cores
     if threads and not _int_env(environ, THREAD_VARS):
         environ["OMP_NUM_THREADS"] = str(int(threads))
     mode = (environ.get("BITFIT_THREADS") or "auto").strip().lower()
+    if mode not in MODES:  # a user's setting: one line and exit 2 from every entry point, not a traceback
+        from .errors import UsageError
+        raise UsageError(f"BITFIT_THREADS={environ.get('BITFIT_THREADS')!r} is not a thread mode; use one of "
+                         f"{', '.join(MODES)} (or OMP_NUM_THREADS=N for a thread count)")
     cores = usable_cores() if cores is None else cores
     runtime = openmp_runtime() if runtime is None else runtime
     user_threads = _int_env(environ, THREAD_VARS)

@@ -13,12 +13,11 @@ every method's score beside it: a method at that baseline has not learned the ta
 
 Layer: report.
 """
-import argparse
 import os
 
 from . import tables
 from ..core.config import PAPER_NOTATION
-from ..core.errors import UsageError, exit_on_usage_error
+from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
 from .figures import mean_bias_changes, table_cells
 from ..artifacts.io import atomic_write_text, check_writable
 
@@ -188,7 +187,7 @@ def render(results, selection, context=()):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.claims", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m bitfit_experiments.claims", description=__doc__.split("\n")[0])
     ap.add_argument("runs_dir")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"),

@@ -13,12 +13,11 @@ The same aggregation as the tables picks the runs, so a figure always shows the 
 
 Layer: report.
 """
-import argparse
 import os
 import statistics
 
 from . import tables
-from ..core.errors import UsageError, exit_on_usage_error
+from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
 from ..artifacts.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable
 
 
@@ -250,7 +249,7 @@ def make_figures(runs_dir, out, selection="best", lr_selection="mean", train_siz
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.figures", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m bitfit_experiments.figures", description=__doc__.split("\n")[0])
     ap.add_argument("runs_dir")
     ap.add_argument("--out", default=None, help="directory for the figures (default: RUNS_DIR/figures)")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")

@@ -10,13 +10,12 @@ the pooler output (what the classification head sees), the first token's hidden 
 hidden states (what the model was trained to produce). A large gap between mean pooling and the pooler says the
 bottleneck is the model's read-out, not the training code.
 """
-import argparse
 import os
 
 import numpy as np
 
 from ..artifacts.io import atomic_write_text
-from ..core.errors import exit_on_usage_error
+from ..core.errors import OneLineParser, exit_on_usage_error
 
 READOUTS = ("pooler", "first token", "mean of tokens")
 
@@ -79,7 +78,7 @@ def probe_task(model_path, task_name, data_dir, train_size, seed=0):
 
 @exit_on_usage_error
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bitfit_experiments.report.probe", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m bitfit_experiments.report.probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="encoder folder (default: the installed all-MiniLM-L6-v2)")
     p.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"), help="GLUE files (default $GLUE_DIR)")
     p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])

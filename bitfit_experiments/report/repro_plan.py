@@ -22,11 +22,11 @@ dependent run is taken on a score that is still rising.
 A phase's runs appear as soon as what they depend on is known, so the workers are never idle waiting for a whole
 phase. Output: one line per run, "method task train_size lr seed epochs", in priority order.
 """
-import argparse
 import json
 import math
 import os
 import sys
+from ..core.errors import OneLineParser
 
 BIAS_GRID = (1e-4, 4e-4, 7e-4, 1e-3)
 FULL_GRID = (1e-5, 2e-5, 3e-5, 5e-5)
@@ -146,7 +146,7 @@ def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS, epochs
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Print the runs the converged CPU reproduction should have now.")
+    p = OneLineParser(description="Print the runs the converged CPU reproduction should have now.")
     p.add_argument("runs_dir")
     p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
     p.add_argument("--train-size", type=int, default=2000)

@@ -9,13 +9,12 @@ the planner's decisions so far: the best pilot rate per (method, task) and what 
 
 Layer: report (reads finished runs; writes only --out).
 """
-import argparse
 import json
 import os
 import sys
 
 from ..artifacts.io import atomic_write_text, check_writable
-from ..core.errors import UsageError, exit_on_usage_error
+from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
 from . import repro_plan
 
 METHOD_TITLE = {"full_ft": "Full-FT", "bitfit": "BitFit", "bm2_bq": "b_m2, b_q", "bm2": "b_m2", "bq": "b_q",
@@ -104,7 +103,7 @@ def render(runs_dir, tasks, size, curve_sizes):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.report.repro_status",
+    ap = OneLineParser(prog="python -m bitfit_experiments.report.repro_status",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("runs_dir")
     ap.add_argument("--out", help="also write the table to this file")

@@ -19,13 +19,12 @@ Every file is checked before the zip is written: header, values, and the index c
 
 Layer: report (reads runs through the tables' functions; the files and the zip are artifacts/submission.py).
 """
-import argparse
 import os
 
 from ..artifacts.io import check_writable
 from ..artifacts.submission import collect_server_files, write_submission_zip
 from ..core.data import TASKS
-from ..core.errors import UsageError, exit_on_usage_error
+from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
 from . import tables
 
 
@@ -74,7 +73,7 @@ def summary_lines(files, chosen, selection):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.submission", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m bitfit_experiments.submission", description=__doc__.split("\n")[0])
     ap.add_argument("runs_dir", help="a directory of runs (any depth), as the tables read it")
     ap.add_argument("--zip", required=True, help="the zip to write (a new file)")
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"),

@@ -21,7 +21,6 @@ The paper's numbers come from results/paper/*.csv (data, not code).
 
 Layer: report.
 """
-import argparse
 import csv
 import math
 import os
@@ -30,7 +29,7 @@ import statistics
 from ..artifacts.io import atomic_write_text, check_writable
 from ..artifacts.record import find_runs
 from ..core.config import PAPER_NOTATION
-from ..core.errors import UsageError, exit_on_usage_error
+from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
 
 PAPER_TASKS = ["qnli", "sst2", "mnli", "cola", "mrpc", "stsb", "rte", "qqp"]  # the paper's column order; WNLI excluded
 COLUMNS = ["qnli", "sst2", "mnli_m", "mnli_mm", "cola", "mrpc", "stsb", "rte", "qqp"]
@@ -414,7 +413,7 @@ def render_latex(rows, paper, table, selection):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bitfit_experiments.tables", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m bitfit_experiments.tables", description=__doc__.split("\n")[0])
     ap.add_argument("runs_dir")
     ap.add_argument("--out", default=None, help="directory for table.md and table.tex (default: RUNS_DIR)")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best",
