@@ -4,6 +4,8 @@ longer, 2 epochs at a time, up to 20) -- on fake run records, no training."""
 import json
 import os
 
+import pytest
+
 from bitfit_experiments.report import repro_plan as rp
 
 
@@ -109,3 +111,17 @@ def test_the_status_table_is_made_from_the_records(tmp_path, capsys):
     assert "| RTE BitFit lr 1e-3 seed 0 | acc 50.0 **59.0** 55.0 | 0.700 -> 0.680 | 59.0 (epoch 2 of 3) | - | 0.50 |" in out
     assert "RTE Full-FT lr 2e-5 seed 0" in out and "running" in out
     assert "1 complete of 2 started" in out
+
+
+def test_the_estimate_counts_only_the_epochs_left_at_the_measured_rate():
+    from bitfit_experiments.report import repro_status
+    rec = lambda status, n_epochs, secs: {"status": status, "num_train_examples": 100, "epochs": [
+        {"epoch": i + 1, "epoch_time_sec": secs, "eval_time_sec": 0.0} for i in range(n_epochs)]}
+    runs = [("bitfit", "rte", 100, 1e-3, 0, "p", rec("complete", 2, 100.0)),   # 1 s per example-epoch
+            ("full_ft", "rte", 100, 2e-5, 0, "p", rec("complete", 2, 300.0)),  # 3 s
+            ("bitfit", "rte", 2000, 4e-4, 0, "p", rec("running", 4, 100.0))]
+    plan = {"pilot": [("bitfit", "rte", 2000, 4e-4, 0, 10)],            # 6 epochs left x 2,000 x 1 s
+            "others": [("rand_uniform", "rte", 100, 1e-3, 0, 10),       # costs what Full-FT does: 10 x 100 x 3 s
+                       ("bitfit", "cola", 100, 1e-3, 0, 10)]}           # nothing measured on CoLA
+    hours, unknown = repro_status.estimate_hours(runs, plan)
+    assert hours == pytest.approx((6 * 2000 * 1 + 10 * 100 * 3) / 3600) and unknown == 1

@@ -81,6 +81,36 @@ def row(method, task, size, lr, seed, record):
             f"{', '.join(str(n) for n in longer) or '-'} | {hours:.2f} |")
 
 
+# Whose measured epoch time stands in for a method not yet run: the weight-training baselines back-propagate into
+# every weight matrix as Full-FT does; the bias-only and adapter methods cost about what BitFit does (Frozen, with
+# its cached features, much less: counted as BitFit, an upper bound).
+COST_PROXY = {"full_ft": "full_ft", "rand_uniform": "full_ft", "rand_row_col": "full_ft"}
+
+
+def estimate_hours(runs, plan):
+    """(worker-hours the planner's current list needs, runs with nothing comparable measured yet). Per run: its
+    epochs still to train (a run resumed or trained longer only costs its new ones) x its training-set size x the
+    median seconds per example-epoch (training + evaluation) of the complete runs of the same task and cost class."""
+    per_example = {}
+    for method, task, _, _, _, _, rec in runs:
+        if rec.get("status") != "complete" or not rec.get("num_train_examples"):
+            continue
+        for e in rec.get("epochs") or []:
+            per_example.setdefault((COST_PROXY.get(method, "bitfit"), task), []).append(
+                (e["epoch_time_sec"] + e.get("eval_time_sec", 0.0)) / rec["num_train_examples"])
+    started = {(m, t, n, repro_plan.fmt_lr(lr), s): len(rec.get("epochs") or []) for m, t, n, lr, s, _, rec in runs}
+    total, unknown = 0.0, 0
+    for phase in plan.values():
+        for method, task, n, lr, seed, epochs in phase:
+            times = sorted(per_example.get((COST_PROXY.get(method, "bitfit"), task), []))
+            if not times:
+                unknown += 1
+                continue
+            left = epochs - started.get((method, task, n, repro_plan.fmt_lr(lr), seed), 0)
+            total += times[len(times) // 2] * n * max(left, 0)
+    return total / 3600, unknown
+
+
 def render(runs_dir, tasks, size, curve_sizes):
     runs = find(runs_dir)
     done = sum(r[6].get("status") == "complete" for r in runs)
@@ -96,9 +126,13 @@ def render(runs_dir, tasks, size, curve_sizes):
                   + ", ".join(f"{METHOD_TITLE[m]} {t.upper()} {repro_plan.fmt_lr(lr)}" for (m, t), lr in sorted(
                       best.items(), key=lambda kv: (TASK_ORDER.index(kv[0][1]), kv[0][0])))]
     left = sum(len(v) for v in plan.values())
+    hours_left, unknown = estimate_hours(runs, plan)
+    estimate = (f" About {hours_left:.1f} worker-hours (~{hours_left / 2:.1f} h of wall time with 2 workers) for the "
+                f"runs with a comparable measured run" + (f"; {unknown} runs have none yet" if unknown else "") + ".")
     nxt = [f"{METHOD_TITLE.get(m, m)} {t.upper()} lr {repro_plan.fmt_lr(lr)} seed {s}" + (f" ({e} epochs)" if e != 10 else "")
            for phase in ("pilot", "seeds", "others", "curve") for m, t, _, lr, s, e in plan[phase]][:8]
-    lines += ["", f"The planner's list now: {left} runs" + (f"; first: {'; '.join(nxt)}" if nxt else "") + "."]
+    lines += ["", f"The planner's list now: {left} runs" + (f"; first: {'; '.join(nxt)}" if nxt else "") + "."
+              + estimate + " The list grows as the pilot and the convergence rule decide."]
     return "\n".join(lines) + "\n"
 
 
