@@ -198,7 +198,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.out:  # before the runs are read: a directory, or a path under a file, is refused in one line
         check_writable(args.out, "--out", kind="file")
-    cells, rows = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)  # the runs are read once
+    # the runs are read once
+    cells, rows = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)
     results = claims_from(cells, rows)
     context = baseline_report(rows, args.data_dir) if args.data_dir else ()
     text = render(results, args.epoch_selection, context)

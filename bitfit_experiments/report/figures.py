@@ -136,29 +136,27 @@ def _save(plt, fig, path):
     return path
 
 
-def _curve(results_list, split):
-    """Mean over seeds of the headline metric (x100) per epoch on one split; epochs every run has."""
-    n = min(len(r.epochs) for r in results_list)
-    key = results_list[0].headline_metric
-    return [statistics.fmean(100 * r.epochs[i].metrics[split][key] for r in results_list) for i in range(n)]
-
-
-def _curve_std(results_list, split):
-    """Sample std over seeds (ddof 1; 0 for one seed) of the headline metric (x100) per epoch."""
-    n = min(len(r.epochs) for r in results_list)
-    key = results_list[0].headline_metric
-    per_epoch = [[100 * r.epochs[i].metrics[split][key] for r in results_list] for i in range(n)]
-    return [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
-
-
 def _curve_ragged(results_list, split):
     """Per epoch up to the longest run (runs trained longer in place have more epochs than their seeds): the mean,
-    the sample std (ddof 1; 0 for one run) and the number of runs that reached that epoch."""
+    the sample std (ddof 1; 0 for one run) and the number of runs that reached that epoch, of the headline metric
+    (x100) on one split."""
     key = results_list[0].headline_metric
     n = max(len(r.epochs) for r in results_list)
     per_epoch = [[100 * r.epochs[i].metrics[split][key] for r in results_list if i < len(r.epochs)] for i in range(n)]
     return ([statistics.fmean(v) for v in per_epoch], [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch],
             [len(v) for v in per_epoch])
+
+
+def _curve(results_list, split):
+    """Mean over seeds per epoch, on the epochs every run has."""
+    mean, _, count = _curve_ragged(results_list, split)
+    return mean[:count.count(len(results_list))]
+
+
+def _curve_std(results_list, split):
+    """Sample std over seeds per epoch, on the epochs every run has."""
+    _, std, count = _curve_ragged(results_list, split)
+    return std[:count.count(len(results_list))]
 
 
 def dev_learning_curves(cells, results_by_path, out):
@@ -180,7 +178,7 @@ def dev_learning_curves(cells, results_by_path, out):
             split = runs[0].eval_splits[0]
             mean, std, count = _curve_ragged(runs, split)
             epochs = list(range(1, len(mean) + 1))
-            full = sum(c == len(runs) for c in count)  # epochs every seed reached; after them a dashed tail
+            full = count.count(len(runs))  # epochs every seed reached; after them a dashed tail
             ax.plot(epochs[:full], mean[:full], "-o", ms=3, color=color,
                     label=f"{method} (lr {cell['lr']:g}, {len(runs)} seed{'s' if len(runs) > 1 else ''})")
             if full < len(epochs):  # some seeds were trained longer (the convergence rule): fewer seeds there

@@ -9,6 +9,7 @@ the planner's decisions so far: the best pilot rate per (method, task) and what 
 
 Layer: report (reads finished runs; writes only --out).
 """
+import glob
 import json
 import os
 import sys
@@ -34,25 +35,20 @@ def _load(path):
 
 
 def find(runs_dir):
-    """[(method, task, size, lr, seed, path, record)] for every run directory with a readable results.json."""
+    """[(method, task, size, lr, seed, path, record)] for every run directory of the planner's layout
+    (repro_plan.run_dir: <model>/<method>/<task>-n<size>/lr<rate>/seed<s>) with a readable results.json."""
     out = []
-    for model in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        mdir = os.path.join(runs_dir, model)
-        for method in sorted(os.listdir(mdir)) if os.path.isdir(mdir) else []:
-            for cell in sorted(os.listdir(os.path.join(mdir, method))):
-                task, _, size = cell.partition("-n")
-                cdir = os.path.join(mdir, method, cell)
-                if not os.path.isdir(cdir):
-                    continue
-                for lr in os.listdir(cdir):
-                    for seed in os.listdir(os.path.join(cdir, lr)) if os.path.isdir(os.path.join(cdir, lr)) else []:
-                        path = os.path.join(cdir, lr, seed)
-                        record = _load(path) if lr.startswith("lr") and seed.startswith("seed") else None
-                        if record is not None:
-                            out.append((method, task, int(size) if size.isdigit() else None, float(lr[2:]),
-                                        int(seed[4:]), path, record))
+    for path in glob.glob(os.path.join(glob.escape(runs_dir), "*", "*", "*-n*", "lr*", "seed*")):
+        record = _load(path)
+        rest, seed = os.path.split(path)
+        rest, lr = os.path.split(rest)
+        rest, cell = os.path.split(rest)
+        method = os.path.basename(rest)
+        task, _, size = cell.partition("-n")
+        if record is not None and size.isdigit() and seed[4:].isdigit():
+            out.append((method, task, int(size), float(lr[2:]), int(seed[4:]), path, record))
     order = {m: i for i, m in enumerate(METHOD_TITLE)}
-    return sorted(out, key=lambda r: (TASK_ORDER.index(r[1]) if r[1] in TASK_ORDER else 99, r[2] or 0,
+    return sorted(out, key=lambda r: (TASK_ORDER.index(r[1]) if r[1] in TASK_ORDER else 99, r[2],
                                       order.get(r[0], 99), r[3], r[4]))
 
 

@@ -153,7 +153,7 @@ def choose_lr(by_lr, selection="best", lr_selection="mean", metric_of=None):
         return max(sorted(mean), key=lambda lr: mean[lr])
     if lr_selection != "pilot":
         raise UsageError(f"learning-rate selection {lr_selection!r} is unknown; use one of {', '.join(LR_SELECTIONS)}")
-    seed = min((r["seed"] for rs in by_lr.values() for r in rs), key=lambda s: (str(type(s)), s))
+    seed = min(r["seed"] for rs in by_lr.values() for r in rs)
     pilot = {lr: next(r for r in rs if r["seed"] == seed) for lr, rs in by_lr.items()
              if any(r["seed"] == seed for r in rs)}
     return max(sorted(pilot), key=lambda lr: (_first(pilot[lr]["results"], selection, metric_of),
