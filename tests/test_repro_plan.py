@@ -9,15 +9,18 @@ import pytest
 from bitfit_experiments.report import repro_plan as rp
 
 
-def put(runs, method, task, lr, seed=0, score=0.5, best_epoch=5, epochs=10, size=2000, status="complete"):
-    """A run record as run_glue.py writes it (only the fields the planner reads)."""
+def put(runs, method, task, lr, seed=0, score=0.5, best_epoch=5, epochs=10, size=2000, status="complete", curve=None):
+    """A run record as run_glue.py writes it (only the fields the planner reads); `curve`: the dev score per epoch
+    (default: `score` at best_epoch, a little lower elsewhere)."""
     d = rp.run_dir(str(runs), method, task, size, lr, seed)
     os.makedirs(d, exist_ok=True)
     metric = rp.HEADLINE[task]
+    curve = curve or [score if i == best_epoch else score - 0.01 for i in range(1, epochs + 1)]
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump({"status": status, "eval_splits": ["dev"], "headline_metric": metric, "best_epoch": best_epoch,
-                   "last_epoch": epochs, "best": {"dev": {metric: score}}, "last": {"dev": {metric: score - 0.01}}},
-                  f)
+                   "last_epoch": epochs, "best": {"dev": {metric: score}}, "last": {"dev": {metric: curve[-1]}},
+                   "epochs": [{"epoch": i + 1, "train_loss": 0.5, "metrics": {"dev": {metric: v}}}
+                              for i, v in enumerate(curve)]}, f)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump({"args": {"epochs": epochs}}, f)
     return d
@@ -73,6 +76,23 @@ def test_training_longer_stops_at_20_epochs(tmp_path):
     assert [(lr, e) for m, _, _, lr, _, e in plan(tmp_path)[0]["pilot"] if m == "bitfit"] == [(4e-4, 20), (1e-3, 10)]
     put(tmp_path, "bitfit", "rte", 4e-4, score=0.56, best_epoch=20, epochs=20)  # still rising, but the cap
     assert [(lr, e) for m, _, _, lr, _, e in plan(tmp_path)[0]["pilot"] if m == "bitfit"] == [(1e-3, 10)]
+
+
+def test_a_run_that_never_moved_is_trained_to_the_cap(tmp_path):
+    # CoLA BitFit at 1e-4: MCC 0.0 in each of its 10 epochs. Its best epoch is the first (ties: the first), which
+    # the last-two-epochs test alone would read as converged long ago.
+    put(tmp_path, "bitfit", "cola", 1e-4, score=0.0, best_epoch=1, curve=[0.0] * 10)
+    put(tmp_path, "bitfit", "cola", 4e-4, score=0.22, best_epoch=17, epochs=20)
+    put(tmp_path, "bitfit", "cola", 1e-3, score=0.13, best_epoch=10, epochs=12)
+    lines, best = plan(tmp_path, tasks=("cola",))
+    assert [(lr, e) for m, _, _, lr, _, e in lines["pilot"] if m == "bitfit"] == [(1e-4, 20)]
+    assert ("bitfit", "cola") not in best  # nothing is decided on it meanwhile
+    put(tmp_path, "bitfit", "cola", 1e-4, score=0.0, best_epoch=1, epochs=20, curve=[0.0] * 20)  # flat at the cap
+    lines, best = plan(tmp_path, tasks=("cola",))
+    assert best[("bitfit", "cola")] == 4e-4 and not [1 for m, *_ in lines["pilot"] if m == "bitfit"]
+    # a run that moved at all, even below its first epoch, is judged by the last-two-epochs test as before
+    put(tmp_path, "bitfit", "cola", 1e-4, score=0.05, best_epoch=1, curve=[0.05] + [0.0] * 9)
+    assert not [1 for m, *_ in plan(tmp_path, tasks=("cola",))[0]["pilot"] if m == "bitfit"]
 
 
 def test_the_rule_holds_for_every_phase_and_a_run_being_extended_keeps_its_length(tmp_path):

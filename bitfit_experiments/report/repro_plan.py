@@ -15,7 +15,8 @@ answer depends on what is complete, so the learning-rate pilot grows as its resu
 
 Every run of every phase also follows the protocol's convergence rule: a complete run whose best dev epoch is one of
 its last two is not finished -- it is planned again with EXTEND_STEP (2) more epochs, up to MAX_EPOCHS (20, the
-paper's "up to 20 epochs"), and the sweep trains it longer in place (`--resume -e N` from its kept checkpoint,
+paper's "up to 20 epochs"); a run whose dev score has not moved at all (the same value every epoch) is planned to
+MAX_EPOCHS at once, and the sweep trains it longer in place (`--resume -e N` from its kept checkpoint,
 bit-identical to a run started with N epochs). Until then it counts as pending: no pilot decision, seed or
 dependent run is taken on a score that is still rising.
 
@@ -86,7 +87,18 @@ def state(path, task, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
         return min(done + EXTEND_STEP, max_epochs), None
     split = r["eval_splits"][0]
     key = r.get("headline_metric") or HEADLINE[task]
+    if done < max_epochs and _flat(r, split, key):
+        return max_epochs, None
     return None, (r["best"][split][key], r["last"][split][key])
+
+
+def _flat(record, split, key):
+    """True when every epoch scored exactly the same (a run that never left where it started, typically the
+    majority-class baseline). Its best epoch is then its first by the tie rule, which the last-two-epochs test reads
+    as a peak long past; but a flat line is no evidence of convergence -- on CoLA, BitFit at 4e-4 sat at MCC 0 for 9
+    epochs, then rose -- so such a run is trained to the cap, the paper's "up to 20 epochs" for slow tasks."""
+    scores = [e["metrics"][split][key] for e in record.get("epochs") or []]
+    return len(scores) > 1 and len(set(scores)) == 1
 
 
 def pilot(runs_dir, method, task, size, grid, start, seed=0, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
