@@ -40,9 +40,57 @@ from .core.trainer import build_optimizer, build_scheduler, epoch_generator, pre
 from .report.plots import plot_bias_heatmap, plot_learning_curves
 
 
+class RunState:
+    """What the state of a GLUE run (Run) and of an instruction-tuning run (instruct.InstructRun) both offer: the
+    output directory and the record's save (_recording_failures uses these)."""
+
+    @property
+    def out(self):
+        return self.config.output_path
+
+    def save_record(self):
+        self.record.save(os.path.join(self.out, "results.json"))
+
+    # Fields of the fresh record that describe this process, not the run's history: kept over the checkpoint's.
+    KEPT_ON_RESUME = ()
+
+    def continue_from_checkpoint(self, previous):
+        """--resume: the model, optimizer, schedule and record of the directory's last checkpoint, and the epoch to
+        go on from. Without a checkpoint the run stopped before its first epoch ended and starts from scratch -- unless
+        it is complete (`previous`) and asked for more epochs: that needs the checkpoint --keep-checkpoint keeps."""
+        ckpt = load_checkpoint(self.out) if os.path.isdir(self.out) else None
+        if ckpt is None:
+            if previous is not None and previous.complete:
+                raise UsageError(f"--resume -e {self.config.epochs}: {self.out} is complete after fewer epochs and "
+                                 f"has no checkpoint to continue from (it was not run with --keep-checkpoint); train "
+                                 f"a new run with -e {self.config.epochs}")
+            return
+        done, saved = restore_checkpoint(ckpt, model=self.model, trainable_names=self.sel.trainable,
+                                         optimizer=self.optimizer, scheduler=self.scheduler)
+        kept = {name: getattr(self.record, name) for name in self.KEPT_ON_RESUME}
+        self.record = type(self.record).from_dict(saved)
+        self.record.status, self.record.failure_reason, self.record.pack = "running", None, None
+        for name, value in kept.items():
+            setattr(self.record, name, value)
+        self.record.resumed_after_epochs = self.record.resumed_after_epochs + [done]
+        self.start_epoch = done + 1
+        print(f"resuming {self.out} after epoch {done}", flush=True)
+
+    def end_epoch(self, epoch):
+        """After an epoch's record is added: the peak memory so far, the checkpoint (each epoch but the last, which
+        keeps one only with --keep-checkpoint) and results.json."""
+        c, record = self.config, self.record
+        record.peak_memory_mb = max(record.peak_memory_mb or 0.0, peak_memory_mb(self.device))
+        if c.checkpoint and (epoch < c.epochs or c.keep_checkpoint):
+            save_checkpoint(self.out, epoch=epoch, model=self.model, trainable_names=self.sel.trainable,
+                            optimizer=self.optimizer, scheduler=self.scheduler, results=record.to_dict())
+        self.save_record()
+
+
 @dataclass
-class Run:
+class Run(RunState):
     """Everything the three steps share."""
+    KEPT_ON_RESUME = ("cached_features",)  # whether this process caches the frozen features (a speed choice)
     config: RunConfig
     task: data.TaskSpec
     device: torch.device
@@ -64,13 +112,6 @@ class Run:
     scheduler: object = None
     scaler: object = None
     start_epoch: int = 1
-
-    @property
-    def out(self):
-        return self.config.output_path
-
-    def save_record(self):
-        self.record.save(os.path.join(self.out, "results.json"))
 
 
 # ------------------------------------------------------------------------------------------------------ entry
@@ -143,7 +184,7 @@ def prepare(config, previous=None):
     _data_path(run_, *encs)
     _optimizer(run_, steps_per_epoch=-(-len(encs[0].lengths) // config.batch_size))
     if config.resume:
-        _continue_from_checkpoint(run_, previous)
+        run_.continue_from_checkpoint(previous)
     return run_
 
 
@@ -282,25 +323,6 @@ def _new_record(config, task, report, train_df):
         skipped_malformed_rows=int(train_df.attrs.get("skipped_malformed_rows", 0)))
 
 
-def _continue_from_checkpoint(run_, previous):
-    ckpt = load_checkpoint(run_.out) if os.path.isdir(run_.out) else None
-    if ckpt is None:
-        if previous is not None and previous.complete:
-            raise UsageError(f"--resume -e {run_.config.epochs}: {run_.out} is complete after fewer epochs and has "
-                             f"no checkpoint to continue from (it was not run with --keep-checkpoint); train a new "
-                             f"run with -e {run_.config.epochs}")
-        return
-    done, saved = restore_checkpoint(ckpt, model=run_.model, trainable_names=run_.sel.trainable,
-                                     optimizer=run_.optimizer, scheduler=run_.scheduler)
-    cached = run_.record.cached_features
-    run_.record = RunRecord.from_dict(saved)
-    run_.record.status, run_.record.failure_reason, run_.record.pack = "running", None, None
-    run_.record.cached_features = cached
-    run_.record.resumed_after_epochs = run_.record.resumed_after_epochs + [done]
-    run_.start_epoch = done + 1
-    print(f"resuming {run_.out} after epoch {done}", flush=True)
-
-
 # ------------------------------------------------------------------------------------------------------ fit
 
 def fit(run_):
@@ -319,11 +341,7 @@ def fit(run_):
         _check_finite_weights(run_)
         record.add_epoch(EpochRecord(epoch=epoch, train_loss=loss, epoch_time_sec=train_time,
                                      eval_time_sec=time.perf_counter() - start - train_time, metrics=split_metrics))
-        record.peak_memory_mb = max(record.peak_memory_mb or 0.0, peak_memory_mb(run_.device))
-        if c.checkpoint and (epoch < c.epochs or c.keep_checkpoint):
-            save_checkpoint(run_.out, epoch=epoch, model=run_.model, trainable_names=run_.sel.trainable,
-                            optimizer=run_.optimizer, scheduler=run_.scheduler, results=record.to_dict())
-        run_.save_record()
+        run_.end_epoch(epoch)
         print(f"epoch {epoch}: loss {loss:.4f}  {record.eval_splits[0]} {record.headline_metric} "
               f"{record.headline('last'):.4f}  ({train_time:.1f}s)", flush=True)
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from .artifacts import lm_pack, packs
-from .artifacts.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from .artifacts.instruct_record import InstructEpoch, InstructRecord
 from .artifacts.io import atomic_write_json, atomic_write_text, library_versions
 from .artifacts.record import RecordError, load_config_args
@@ -26,17 +25,17 @@ from .core.causal_lm import greedy_generate, lm_eval_loss, lm_train_epoch, load_
 from .core.decoders import pair_pad_token
 from .core.errors import UsageError
 from .core.instruct_config import INSTRUCT_RESUME_NEUTRAL, InstructConfig
-from .core.model import load_tokenizer, model_identity, peak_memory_mb, resolve_device
+from .core.model import load_tokenizer, model_identity, resolve_device
 from .core.trainer import build_optimizer, build_scheduler, epoch_generator, set_seed
 # The GLUE run's failure recording and clean-up of half-written temporaries, shared on purpose: one behaviour.
-from .experiment import complete, continue_same_run, execute
+from .experiment import RunState, complete, continue_same_run, execute
 
 SAMPLES_FILE = "samples.jsonl"
 
 
 @dataclass
-class InstructRun:
-    """Everything the three steps share (the attributes _recording_failures uses: record, out, save_record)."""
+class InstructRun(RunState):
+    """Everything the three steps share."""
     config: InstructConfig
     device: torch.device
     tokenizer: object
@@ -52,13 +51,6 @@ class InstructRun:
     scheduler: object = None
     scaler: object = None
     start_epoch: int = 1
-
-    @property
-    def out(self):
-        return self.config.output_path
-
-    def save_record(self):
-        self.record.save(os.path.join(self.out, "results.json"))
 
 
 def run(config):
@@ -120,7 +112,7 @@ def prepare(config, previous=None):
     run_.scheduler = build_scheduler(run_.optimizer, "constant", steps)
     run_.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" and device.type == "cuda" else None
     if config.resume:
-        _continue_from_checkpoint(run_, previous)
+        run_.continue_from_checkpoint(previous)
     return run_
 
 
@@ -140,23 +132,6 @@ def _new_record(config, report, train_enc, eval_enc):
         dropped_examples={"train": train_enc.dropped, "eval": eval_enc.dropped},
         trainable_params=report["trainable_params"], total_params=report["total_params"],
         trainable_share=report["trainable_share"])
-
-
-def _continue_from_checkpoint(run_, previous):
-    ckpt = load_checkpoint(run_.out) if os.path.isdir(run_.out) else None
-    if ckpt is None:
-        if previous is not None and previous.complete:
-            raise UsageError(f"--resume -e {run_.config.epochs}: {run_.out} is complete after fewer epochs and has "
-                             f"no checkpoint to continue from (it was not run with --keep-checkpoint); train a new "
-                             f"run with -e {run_.config.epochs}")
-        return  # stopped before its first epoch ended: start from scratch
-    done, saved = restore_checkpoint(ckpt, model=run_.model, trainable_names=run_.sel.trainable,
-                                     optimizer=run_.optimizer, scheduler=run_.scheduler)
-    run_.record = InstructRecord.from_dict(saved)
-    run_.record.status, run_.record.failure_reason, run_.record.pack = "running", None, None
-    run_.record.resumed_after_epochs = run_.record.resumed_after_epochs + [done]
-    run_.start_epoch = done + 1
-    print(f"resuming {run_.out} after epoch {done}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------ fit
@@ -179,11 +154,7 @@ def fit(run_):
         record.add_epoch(InstructEpoch(epoch=epoch, train_loss=loss, eval_loss=eval_loss,
                                        eval_perplexity=_perplexity(eval_loss), epoch_time_sec=train_time,
                                        eval_time_sec=time.perf_counter() - start - train_time))
-        record.peak_memory_mb = max(record.peak_memory_mb or 0.0, peak_memory_mb(run_.device))
-        if c.checkpoint and (epoch < c.epochs or c.keep_checkpoint):
-            save_checkpoint(run_.out, epoch=epoch, model=run_.model, trainable_names=run_.sel.trainable,
-                            optimizer=run_.optimizer, scheduler=run_.scheduler, results=record.to_dict())
-        run_.save_record()
+        run_.end_epoch(epoch)
         print(f"epoch {epoch}: train loss {loss:.4f}  eval loss {eval_loss:.4f}  perplexity "
               f"{_perplexity(eval_loss):.2f}  ({train_time:.1f}s)", flush=True)
 

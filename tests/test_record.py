@@ -1,7 +1,6 @@
 """The run record (results.json) is one typed contract: written and read by the same code, every committed run
 still loads, the best epoch is the first maximum of the headline metric, and the tables read their columns from it."""
 import dataclasses
-import glob
 import json
 import math
 import os

@@ -6,10 +6,9 @@ metric, dev splits) and therefore not reused as is; the statuses, PackSummary an
 sweeps that walk a directory skip it with a reason instead of misreading it.
 """
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
-from .io import atomic_write_json
-from .record import STATUSES, PackSummary, RecordError, read_record
+from .record import JsonRecord, PackSummary, RecordError
 
 INSTRUCT_SCHEMA_VERSION = 1
 
@@ -25,7 +24,7 @@ class InstructEpoch:
 
 
 @dataclass(kw_only=True)
-class InstructRecord:
+class InstructRecord(JsonRecord):
     """results.json of run_instruct.py. Field order is the file's key order (status first)."""
     status: str = "running"  # running | complete | failed | interrupted
     failure_reason: str | None = None
@@ -65,13 +64,6 @@ class InstructRecord:
         self.best_epoch, self.last_epoch = self.epochs[best].epoch, self.epochs[-1].epoch
         self.total_train_time_sec += epoch.epoch_time_sec
 
-    @property
-    def complete(self):
-        return self.status == "complete"
-
-    def to_dict(self):
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict) or d.get("kind") != "instruct":
@@ -80,23 +72,4 @@ class InstructRecord:
         if not isinstance(version, int) or version > INSTRUCT_SCHEMA_VERSION:
             raise RecordError(f"schema version {version!r} is not one this bitfit-glue reads "
                               f"({INSTRUCT_SCHEMA_VERSION})")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise RecordError(f"unknown field(s) {', '.join(unknown)}")
-        try:
-            kw = dict(d, epochs=[InstructEpoch(**e) for e in d.get("epochs") or []],
-                      pack=PackSummary(**d["pack"]) if d.get("pack") else None)
-            record = cls(**kw)
-        except TypeError as e:
-            raise RecordError(f"fields do not match the record ({e})") from None
-        if record.status not in STATUSES:
-            raise RecordError(f"status {record.status!r} is not one of {', '.join(STATUSES)}")
-        return record
-
-    def save(self, path):
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path):
-        """The record in `path` (a results.json, or a run directory). Raises RecordError with the reason."""
-        return read_record(cls, path)
+        return cls.from_fields(d, InstructEpoch)

@@ -41,8 +41,44 @@ class PackSummary:
     fixups: int
 
 
+class JsonRecord:
+    """What RunRecord and InstructRecord (instruct_record.py) share: results.json written atomically and read back
+    with every field checked (`from_fields`)."""
+
+    @property
+    def complete(self):
+        return self.status == "complete"
+
+    def to_dict(self):
+        return asdict(self)
+
+    def save(self, path):
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path):
+        """The record in `path` (a results.json, or a run directory). Raises RecordError with the reason."""
+        return read_record(cls, path)
+
+    @classmethod
+    def from_fields(cls, d, epoch_cls, **overrides):
+        """The record of a results.json object `d` (its epochs as `epoch_cls`, its pack a PackSummary); RecordError
+        for a field the record does not have, fields that do not match, or an unknown status."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise RecordError(f"unknown field(s) {', '.join(unknown)}")
+        try:
+            record = cls(**dict(d, **overrides, epochs=[epoch_cls(**e) for e in d.get("epochs") or []],
+                                pack=PackSummary(**d["pack"]) if d.get("pack") else None))
+        except TypeError as e:
+            raise RecordError(f"fields do not match the record ({e})") from None
+        if record.status not in STATUSES:
+            raise RecordError(f"status {record.status!r} is not one of {', '.join(STATUSES)}")
+        return record
+
+
 @dataclass(kw_only=True)
-class RunRecord:
+class RunRecord(JsonRecord):
     """results.json. Field order is the file's key order (status first, as a reader looks for it)."""
     status: str = "running"  # running | complete | failed | interrupted
     failure_reason: str | None = None
@@ -97,14 +133,7 @@ class RunRecord:
         metrics = self.best if which == "best" else self.last
         return float(metrics[split or self.eval_splits[0]][self.headline_metric])
 
-    @property
-    def complete(self):
-        return self.status == "complete"
-
     # ------------------------------------------------------------------------------------------------ JSON
-    def to_dict(self):
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict):
@@ -113,28 +142,7 @@ class RunRecord:
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise RecordError(f"schema version {version!r} is newer than this bitfit-glue reads ({SCHEMA_VERSION}); "
                               f"update bitfit-glue")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise RecordError(f"unknown field(s) {', '.join(unknown)}")
-        try:
-            kw = dict(d, schema_version=version)
-            kw["epochs"] = [EpochRecord(**e) for e in d.get("epochs") or []]
-            kw["pack"] = PackSummary(**d["pack"]) if d.get("pack") else None
-            record = cls(**kw)
-        except TypeError as e:
-            raise RecordError(f"fields do not match the record ({e})") from None
-        if record.status not in STATUSES:
-            raise RecordError(f"status {record.status!r} is not one of {', '.join(STATUSES)}")
-        return record
-
-    def save(self, path):
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load(cls, path):
-        """The record in `path` (a results.json, or a run directory). Raises RecordError with the reason."""
-        return read_record(cls, path)
+        return cls.from_fields(d, EpochRecord, schema_version=version)
 
 
 def read_record(cls, path):

@@ -42,8 +42,45 @@ RESUME_NEUTRAL = frozenset({"resume", "checkpoint", "keep_checkpoint", "verbose"
                             "eval_batch_size", "save_evaluator", "predict_test", "output_path", "data_dir"})
 
 
+class Settings:
+    """What RunConfig and InstructConfig (instruct_config.py) share: the dict form config.json stores, the refusal of
+    unknown saved settings and the comparison `--resume` makes."""
+
+    @classmethod
+    def refuse_unknown(cls, d, not_ours):
+        """UsageError for keys of a saved config that are not fields (they would be silently ignored); `not_ours`
+        ends the sentence: what the file is then."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UsageError(f"config has unknown setting(s) {', '.join(unknown)}; {not_ours}")
+
+    def to_dict(self):
+        return asdict(self)
+
+    def check_bias_terms(self):
+        """--bias-terms: known families, 'all' alone or each family once, and only with -f bitfit."""
+        terms = self.bias_terms
+        unknown = [t for t in terms if t not in BIAS_TERMS]
+        if not terms or unknown:
+            raise UsageError(f"--bias-terms {' '.join(unknown or ['(empty)'])}: choose from {', '.join(BIAS_TERMS)}")
+        if terms != ["all"]:
+            if self.fine_tune_type != "bitfit":
+                raise UsageError(f"--bias-terms applies to -f bitfit only, not {self.fine_tune_type}; drop it or use "
+                                 f"-f bitfit")
+            if "all" in terms:
+                raise UsageError("--bias-terms: 'all' cannot be combined with other terms; give 'all' alone or a list "
+                                 "of families")
+            if len(set(terms)) != len(terms):
+                raise UsageError(f"--bias-terms {' '.join(terms)}: a term is repeated; list each family once")
+
+    def differences(self, other, ignore):
+        """[(name, mine, theirs)] of the settings that differ, except `ignore`."""
+        a, b = self.to_dict(), other.to_dict()
+        return [(k, a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]]
+
+
 @dataclass
-class RunConfig:
+class RunConfig(Settings):
     """One run of run_glue.py. Field names are the CLI's dest names; defaults are the CLI's defaults."""
     task_name: str
     fine_tune_type: str
@@ -93,23 +130,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d):
         """A config from config.json's "args" (unknown keys are refused: they would be silently ignored)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UsageError(f"config has unknown setting(s) {', '.join(unknown)}; it was written by another version "
-                             f"of bitfit-glue -- remove them or update bitfit-glue")
+        cls.refuse_unknown(d, "it was written by another version of bitfit-glue -- remove them or update bitfit-glue")
         missing = [n for n in ("task_name", "fine_tune_type") if d.get(n) is None]
         if missing:
             raise UsageError(f"config lacks {', '.join(missing)}; it is not a run_glue.py config.json")
         return cls(**{**LEGACY_DEFAULTS, **d})
-
-    def to_dict(self):
-        return asdict(self)
-
-    def differences(self, other, ignore=RESUME_NEUTRAL):
-        """[(name, mine, theirs)] of the settings that differ, except `ignore`."""
-        a, b = self.to_dict(), other.to_dict()
-        return [(k, a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]]
 
     # ------------------------------------------------------------------------------------------------ validation
     def validate(self):
@@ -156,19 +181,7 @@ class RunConfig:
             raise UsageError(f"--weight-decay {self.weight_decay}: give a value >= 0")
 
     def _check_method_flags(self):
-        terms = self.bias_terms
-        unknown = [t for t in terms if t not in BIAS_TERMS]
-        if not terms or unknown:
-            raise UsageError(f"--bias-terms {' '.join(unknown or ['(empty)'])}: choose from {', '.join(BIAS_TERMS)}")
-        if terms != ["all"]:
-            if self.fine_tune_type != "bitfit":
-                raise UsageError(f"--bias-terms applies to -f bitfit only, not {self.fine_tune_type}; drop it or use "
-                                 f"-f bitfit")
-            if "all" in terms:
-                raise UsageError("--bias-terms: 'all' cannot be combined with other terms; give 'all' alone or a list "
-                                 "of families")
-            if len(set(terms)) != len(terms):
-                raise UsageError(f"--bias-terms {' '.join(terms)}: a term is repeated; list each family once")
+        self.check_bias_terms()
         self._check_lora_flags()
         if self.rand_mask_size is not None:
             if self.fine_tune_type != "rand_uniform":

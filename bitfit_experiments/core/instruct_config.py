@@ -6,9 +6,9 @@ InstructConfig and takes its defaults from these fields; config.json stores `asd
 before torch is imported.
 """
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
-from .config import BIAS_TERMS, OPTIMIZERS, PRECISIONS, SEED_MAX
+from .config import OPTIMIZERS, PRECISIONS, SEED_MAX, Settings
 from .errors import UsageError
 
 INSTRUCT_TYPES = ("bitfit", "full_ft")  # lora: once it exists for causal LMs (another issue)
@@ -19,7 +19,7 @@ INSTRUCT_RESUME_NEUTRAL = frozenset({"resume", "checkpoint", "keep_checkpoint", 
 
 
 @dataclass
-class InstructConfig:
+class InstructConfig(Settings):
     """One run of run_instruct.py. Field names are the CLI's dest names; defaults are the CLI's defaults."""
     output_path: str | None = None
     model_name: str | None = None
@@ -50,19 +50,8 @@ class InstructConfig:
     @classmethod
     def from_dict(cls, d):
         """A config from config.json's "args" (unknown keys are refused: they would be silently ignored)."""
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise UsageError(f"config has unknown setting(s) {', '.join(unknown)}; it is not a run_instruct.py "
-                             f"config.json of this version")
+        cls.refuse_unknown(d, "it is not a run_instruct.py config.json of this version")
         return cls(**d)
-
-    def to_dict(self):
-        return asdict(self)
-
-    def differences(self, other, ignore=INSTRUCT_RESUME_NEUTRAL):
-        """[(name, mine, theirs)] of the settings that differ, except `ignore`."""
-        a, b = self.to_dict(), other.to_dict()
-        return [(k, a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]]
 
     # ------------------------------------------------------------------------------------------------ validation
     def validate(self):
@@ -77,7 +66,7 @@ class InstructConfig:
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--precision", self.precision, PRECISIONS)
         self._check_numbers()
-        self._check_bias_terms()
+        self.check_bias_terms()
         if self.precision == "fp16" and self.gpu_device is None:
             raise UsageError("--precision fp16 needs a GPU (--gpu-device N); on the CPU use bf16 or fp32")
 
@@ -102,16 +91,6 @@ class InstructConfig:
             raise UsageError(f"--eval-size {self.eval_size}: give a share of the records in (0, 1) or a whole number "
                              f"of records >= 1")
 
-    def _check_bias_terms(self):
-        terms = self.bias_terms
-        unknown = [t for t in terms if t not in BIAS_TERMS]
-        if not terms or unknown:
-            raise UsageError(f"--bias-terms {' '.join(unknown or ['(empty)'])}: choose from {', '.join(BIAS_TERMS)}")
-        if terms != ["all"]:
-            if self.fine_tune_type != "bitfit":
-                raise UsageError(f"--bias-terms applies to -f bitfit only, not {self.fine_tune_type}; drop it")
-            if "all" in terms or len(set(terms)) != len(terms):
-                raise UsageError(f"--bias-terms {' '.join(terms)}: give 'all' alone, or each family once")
 
 
 def _choice(flag, value, allowed):

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from .errors import UsageError, first_line
-from .identity import _WEIGHT_FILES, _local_label, _weight_files, model_identity  # noqa: F401 (re-exported)
+from .identity import model_identity  # noqa: F401 (re-exported: the run layer imports it with the loaders)
 
 
 def _looks_like_path(name):

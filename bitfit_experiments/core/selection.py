@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .config import BIAS_FAMILIES, BIAS_TERMS, FINE_TUNE_TYPES, PAPER_NOTATION  # noqa: F401 (re-exported)
+from .config import BIAS_TERMS, FINE_TUNE_TYPES, PAPER_NOTATION
 from .adapters import ADAPTER_TYPES, canonical_name, is_adapter_param
 from .errors import UsageError
 
