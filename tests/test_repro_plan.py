@@ -145,3 +145,19 @@ def test_the_estimate_counts_only_the_epochs_left_at_the_measured_rate():
                        ("bitfit", "cola", 100, 1e-3, 0, 10)]}           # nothing measured on CoLA
     hours, unknown = repro_status.estimate_hours(runs, plan)
     assert hours == pytest.approx((6 * 2000 * 1 + 10 * 100 * 3) / 3600) and unknown == 1
+
+
+def test_the_comparison_so_far_uses_each_methods_pilot_rate_and_its_complete_seeds():
+    from bitfit_experiments.report import repro_status
+    rec = lambda acc, status="complete": {"status": status, "eval_splits": ["dev"], "headline_metric": "accuracy",
+                                          "best": {"dev": {"accuracy": acc}}}
+    runs = [("bitfit", "rte", 2000, 1e-3, 0, "p", rec(0.60)), ("bitfit", "rte", 2000, 1e-3, 1, "p", rec(0.62)),
+            ("bitfit", "rte", 2000, 4e-4, 0, "p", rec(0.70)),              # not the pilot's rate
+            ("bitfit", "rte", 2000, 1e-3, 2, "p", rec(0.10, "running")),   # not complete
+            ("bitfit", "rte", 500, 1e-3, 0, "p", rec(0.10)),               # another training size
+            ("full_ft", "rte", 2000, 2e-5, 0, "p", rec(0.58)),
+            ("bitfit", "mrpc", 2000, 1e-3, 0, "p", rec(0.80))]             # Full-FT's pilot not decided: no row
+    best = {("bitfit", "rte"): 1e-3, ("full_ft", "rte"): 2e-5, ("bitfit", "mrpc"): 1e-3}
+    lines = repro_status.comparison(runs, best, 2000)
+    assert lines[-1] == "| RTE | 1e-3: 60.0 62.0 | 2e-5: 58.0 | +3.0 | 2 / 1 |"
+    assert not any(line.startswith("| MRPC") for line in lines)

@@ -5,7 +5,8 @@
 One row per run directory under RUNS_DIR/<model>/<method>/<task>-n<size>/lr<rate>/seed<s>, complete or not: the dev
 headline metric per epoch (x100; the best epoch in bold), the training loss of the first and last epoch, the best
 epoch and its score, whether it was trained longer in place (the convergence rule) and the training time. Then
-the planner's decisions so far: the best pilot rate per (method, task) and what it would run next.
+the planner's decisions so far: the best pilot rate per (method, task), BitFit vs Full-FT at those rates over the
+seeds complete so far, and what it would run next.
 
 Layer: report (reads finished runs; writes only --out).
 """
@@ -107,6 +108,38 @@ def estimate_hours(runs, plan):
     return total / 3600, unknown
 
 
+def best_score(task, record):
+    """The best-epoch dev headline metric of a complete run (x100)."""
+    key = record.get("headline_metric") or repro_plan.HEADLINE[task]
+    return 100 * record["best"][(record.get("eval_splits") or ["dev"])[0]][key]
+
+
+def comparison(runs, best, size):
+    """BitFit vs Full-FT where both pilots are decided: each at its pilot rate, the complete seeds' best-epoch dev
+    scores, their means and the difference of the means -- what the headline claim will be judged on, so far."""
+    score = {(m, t, repro_plan.fmt_lr(lr), s): best_score(t, rec) for m, t, n, lr, s, _, rec in runs
+             if n == size and rec.get("status") == "complete"}
+    out = []
+    for task in TASK_ORDER:
+        if ("bitfit", task) not in best or ("full_ft", task) not in best:
+            continue
+        cells = []
+        for method in ("bitfit", "full_ft"):
+            lr = repro_plan.fmt_lr(best[method, task])
+            seeds = sorted((s, v) for (m, t, r, s), v in score.items() if (m, t, r) == (method, task, lr))
+            cells.append((method, lr, [v for _, v in seeds]))
+        (_, blr, b), (_, flr, f) = cells
+        diff = sum(b) / len(b) - sum(f) / len(f)
+        out.append(f"| {task.upper()} | {blr}: {' '.join(f'{v:.1f}' for v in b)} | {flr}: "
+                   f"{' '.join(f'{v:.1f}' for v in f)} | {diff:+.1f} | {len(b)} / {len(f)} |")
+    if not out:
+        return []
+    return ["", "BitFit vs Full-FT so far, each at its pilot rate (best-epoch dev score x100 per seed; the claim is "
+            "judged at 3 seeds each):", "",
+            "| task | BitFit (rate: seeds) | Full-FT (rate: seeds) | BitFit - Full-FT (means) | seeds |",
+            "|---|---|---|---|---|"] + out
+
+
 def render(runs_dir, tasks, size, curve_sizes):
     runs = find(runs_dir)
     done = sum(r[6].get("status") == "complete" for r in runs)
@@ -121,6 +154,7 @@ def render(runs_dir, tasks, size, curve_sizes):
         lines += ["", "Best pilot rate so far (seed 0, best-epoch dev score; the planner's rule): "
                   + ", ".join(f"{METHOD_TITLE[m]} {t.upper()} {repro_plan.fmt_lr(lr)}" for (m, t), lr in sorted(
                       best.items(), key=lambda kv: (TASK_ORDER.index(kv[0][1]), kv[0][0])))]
+        lines += comparison(runs, best, size)
     left = sum(len(v) for v in plan.values())
     hours_left, unknown = estimate_hours(runs, plan)
     estimate = (f" About {hours_left:.1f} worker-hours (~{hours_left / 2:.1f} h of wall time with 2 workers) for the "
