@@ -5,8 +5,10 @@
 Layer: run (an entry point over run_glue.py). Each run is re-executed as a reviewer would, through
 `run_glue.py --config RUN_DIR/config.json -o NEW_ROOT/<i>` (plus --model-name/--data-dir for paths that differ on
 this machine), in its own process with the thread count the run recorded. Then the per-epoch training loss and every
-dev metric, and the best/last epochs, are compared for exact equality (timings are not compared). Prints one line
-per run, IDENTICAL or DIFFERENT (with the first difference), and exits 1 if any differs.
+dev metric, and the best/last epochs, are compared for exact equality (timings are not compared), and, where the
+committed run kept its checkpoint (--keep-checkpoint), every tensor in it -- the trained parameters and the
+optimizer state -- byte for byte. Prints one line per run, IDENTICAL or DIFFERENT (with the first difference), and
+exits 1 if any differs.
 """
 import json
 import os
@@ -34,6 +36,27 @@ def first_difference(a, b):
     return f"{len(a['epochs'])} vs {len(b['epochs'])} epochs"
 
 
+def checkpoint_difference(committed_dir, new_dir):
+    """(first difference or None, tensors compared) between the kept checkpoints of two runs: every tensor, byte for
+    byte (its metadata holds timings and is not compared). (None, 0) when the committed run kept none."""
+    a, b = (os.path.join(d, "checkpoint.safetensors") for d in (committed_dir, new_dir))
+    if not os.path.exists(a):
+        return None, 0
+    if not os.path.exists(b):
+        return "the re-run kept no checkpoint", 0
+    import torch  # here: the comparison of numbers above needs no torch
+    from safetensors.torch import load_file
+    ta, tb = load_file(a), load_file(b)
+    if ta.keys() != tb.keys():
+        return f"checkpoint tensors {sorted(set(ta) ^ set(tb))[:3]} are in one checkpoint only", 0
+    for name in sorted(ta):
+        x, y = ta[name], tb[name]
+        if (x.dtype, x.shape) != (y.dtype, y.shape) or not x.reshape(-1).view(torch.uint8).equal(
+                y.reshape(-1).view(torch.uint8)):
+            return f"checkpoint tensor {name} differs", 0
+    return None, len(ta)
+
+
 def rerun(run_dir, out, overrides=()):
     """Re-execute one run into `out`; returns (identical, message)."""
     try:
@@ -53,7 +76,12 @@ def rerun(run_dir, out, overrides=()):
     if proc.returncode != 0:
         return False, f"the re-run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
     a, b = numbers(committed), numbers(RunRecord.load(out))
-    return (True, "IDENTICAL") if a == b else (False, "DIFFERENT: " + first_difference(a, b))
+    if a != b:
+        return False, "DIFFERENT: " + first_difference(a, b)
+    difference, tensors = checkpoint_difference(run_dir, out)
+    if difference:
+        return False, "DIFFERENT: " + difference
+    return True, "IDENTICAL" + (f" (and the {tensors} tensors of its kept checkpoint)" if tensors else "")
 
 
 @exit_on_usage_error

@@ -83,7 +83,8 @@ def test_sigterm_records_interrupted_keeps_the_checkpoint_and_resume_finishes_id
 def test_rerun_from_config_is_bit_identical_and_checks_the_model(tmp_path, tiny_model_dir):
     glue = write_tiny_rte(str(tmp_path / "glue"), n_train=32, n_dev=16, n_test=4)
     first = tmp_path / "first"
-    assert subprocess.run(_cmd(first, tiny_model_dir, glue, "-s", "5"), capture_output=True).returncode == 0
+    assert subprocess.run(_cmd(first, tiny_model_dir, glue, "-s", "5", "--keep-checkpoint"),
+                          capture_output=True).returncode == 0
     config = json.loads((first / "config.json").read_text())
     assert config["model"]["sha256"].startswith("sha256:") and config["model"]["weights"] == ["model.safetensors"]
     # the model moved: the recorded path is gone, a copy elsewhere is named explicitly
@@ -93,8 +94,17 @@ def test_rerun_from_config_is_bit_identical_and_checks_the_model(tmp_path, tiny_
                             str(tmp_path / "again"), "--model-name", str(moved)], capture_output=True, text=True,
                            cwd=REPO_ROOT)
     assert rerun.returncode == 0 and rerun.stdout.strip().startswith("IDENTICAL"), rerun.stdout + rerun.stderr
-    # other weights under the same name are refused: one line, exit 2, nothing written
+    assert "tensors of its kept checkpoint" in rerun.stdout  # the trained tensors are compared too, byte for byte
+    # a committed checkpoint whose trained tensors differ (by one ulp) while its record matches is caught
+    from bitfit_experiments.rerun import checkpoint_difference
     import safetensors.torch as st
+    import torch
+    ckpt = st.load_file(str(first / "checkpoint.safetensors"))
+    name = next(k for k in sorted(ckpt) if ckpt[k].is_floating_point() and ckpt[k].numel())
+    ckpt[name].view(-1)[0] = torch.nextafter(ckpt[name].view(-1)[0], torch.tensor(float("inf")))
+    st.save_file(ckpt, str(tmp_path / "again" / "0" / "checkpoint.safetensors"))
+    assert checkpoint_difference(str(first), str(tmp_path / "again" / "0")) == (f"checkpoint tensor {name} differs", 0)
+    # other weights under the same name are refused: one line, exit 2, nothing written
     weights = st.load_file(str(moved / "model.safetensors"))
     name = next(iter(weights))
     weights[name] = weights[name] + 1
