@@ -8,6 +8,7 @@ import torch
 import transformers as T
 
 from bitfit_experiments.core import selection as S
+from bitfit_experiments.core.config import BIAS_FAMILIES
 from bitfit_experiments.core.batching import collate, encode
 from bitfit_experiments.core.decoders import pair_pad_token
 from bitfit_experiments.core.errors import UsageError
@@ -55,7 +56,7 @@ def build(family, cls=T.AutoModelForSequenceClassification, **kw):
 def test_bias_families_come_from_the_parameter_names(family):
     model = build(family)
     fams = S.bias_families(model)
-    for fam in S.BIAS_FAMILIES:
+    for fam in BIAS_FAMILIES:
         want = [(i, f"{PREFIX[family]}.{i}.{SUFFIX[family][fam]}") for i in range(LAYERS)] \
             if fam in SUFFIX[family] else []
         assert fams.get(fam, []) == want, fam
