@@ -58,7 +58,8 @@ _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 # ---------------------------------------------------------------------------------------------- base identity
 
-def _raw_bytes(t):
+def raw_bytes(t):
+    """A tensor's bytes as stored (any dtype): what "bit-identical" compares."""
     t = t.detach().to("cpu").contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
@@ -76,7 +77,7 @@ def base_hash(model, exclude=()):
     for name in sorted(set(state) - skip):
         t = state[name]
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
-        h.update(_raw_bytes(t))
+        h.update(raw_bytes(t))
     return "sha256:" + h.hexdigest()
 
 

@@ -58,7 +58,19 @@ class JsonRecord:
     @classmethod
     def load(cls, path):
         """The record in `path` (a results.json, or a run directory). Raises RecordError with the reason."""
-        return read_record(cls, path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "results.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecordError(f"cannot read {path} ({type(e).__name__})") from None
+        except ValueError:
+            raise RecordError(f"{path} is not valid JSON (damaged or half-written)") from None
+        try:
+            return cls.from_dict(d)
+        except RecordError as e:
+            raise RecordError(f"{path}: {e}") from None
 
     @classmethod
     def from_fields(cls, d, epoch_cls, **overrides):
@@ -143,23 +155,6 @@ class RunRecord(JsonRecord):
             raise RecordError(f"schema version {version!r} is newer than this bitfit-glue reads ({SCHEMA_VERSION}); "
                               f"update bitfit-glue")
         return cls.from_fields(d, EpochRecord, schema_version=version)
-
-
-def read_record(cls, path):
-    """`cls.from_dict` of the JSON in `path` (a results.json, or a run directory); RecordError with the reason."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "results.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"cannot read {path} ({type(e).__name__})") from None
-    except ValueError:
-        raise RecordError(f"{path} is not valid JSON (damaged or half-written)") from None
-    try:
-        return cls.from_dict(d)
-    except RecordError as e:
-        raise RecordError(f"{path}: {e}") from None
 
 
 def load_config_args(run_dir):

@@ -65,8 +65,7 @@ def row(method, task, size, lr, seed, record):
     loss = f"{epochs[0]['train_loss']:.3f} -> {epochs[-1]['train_loss']:.3f}" if epochs else ""
     status = record.get("status", "?")
     if status == "complete":
-        b = 100 * record["best"][split][key]
-        result = f"{b:.1f} (epoch {best} of {record['last_epoch']})"
+        result = f"{best_score(task, record):.1f} (epoch {best} of {record['last_epoch']})"
     else:
         result = f"{status}, {len(epochs)} epoch{'s' if len(epochs) != 1 else ''} so far"
     longer = record.get("resumed_after_epochs") or []
@@ -123,12 +122,7 @@ def comparison(runs, best, size):
     for task in TASK_ORDER:
         if ("bitfit", task) not in best or ("full_ft", task) not in best:
             continue
-        cells = []
-        for method in ("bitfit", "full_ft"):
-            lr = repro_plan.fmt_lr(best[method, task])
-            seeds = sorted((s, v) for (m, t, r, s), v in score.items() if (m, t, r) == (method, task, lr))
-            cells.append((method, lr, [v for _, v in seeds]))
-        (_, blr, b), (_, flr, f) = cells
+        (blr, b), (flr, f) = (_at_pilot_rate(score, method, task, best) for method in ("bitfit", "full_ft"))
         diff = sum(b) / len(b) - sum(f) / len(f)
         out.append(f"| {task.upper()} | {blr}: {' '.join(f'{v:.1f}' for v in b)} | {flr}: "
                    f"{' '.join(f'{v:.1f}' for v in f)} | {diff:+.1f} | {len(b)} / {len(f)} |")
@@ -138,6 +132,12 @@ def comparison(runs, best, size):
             "judged at 3 seeds each):", "",
             "| task | BitFit (rate: seeds) | Full-FT (rate: seeds) | BitFit - Full-FT (means) | seeds |",
             "|---|---|---|---|---|"] + out
+
+
+def _at_pilot_rate(score, method, task, best):
+    """(the pilot's rate as spelled, [score per seed in seed order]) of one (method, task)."""
+    lr = repro_plan.fmt_lr(best[method, task])
+    return lr, [v for (m, t, r, _), v in sorted(score.items()) if (m, t, r) == (method, task, lr)]
 
 
 def render(runs_dir, tasks, size, curve_sizes):
