@@ -8,6 +8,7 @@
 #   random subset, --train-size; the dev sets stay whole); --keep-checkpoint, so that a run whose best epoch is one
 #   of its last two can be trained longer in place (--resume -e N; bit-identical to a run started with N epochs):
 #   the planner asks for 2 more epochs at a time, up to 20 (MAX_EPOCHS), and the sweep (EXTEND=1) continues it.
+#   The curve's smaller training sets count those in epochs of TRAIN_SIZE examples (the same optimizer steps).
 #
 # What runs, and in what order, is decided by `python -m bitfit_experiments.repro_plan` from the runs already
 # complete (see its docstring): the learning-rate pilot on seed 0 (BitFit and Full-FT, growing past the edge of

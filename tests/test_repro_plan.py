@@ -107,6 +107,35 @@ def test_the_rule_holds_for_every_phase_and_a_run_being_extended_keeps_its_lengt
     assert "frozen" not in others and others["bm2"] == 12 and others["bq"] == 10
 
 
+def test_a_smaller_training_set_is_judged_over_the_same_number_of_steps(tmp_path):
+    for method, rates in (("bitfit", ((4e-4, 0.80), (1e-3, 0.81), (1.3e-3, 0.80))),
+                          ("full_ft", ((2e-5, 0.81), (5e-5, 0.83), (7e-5, 0.82)))):
+        for lr, score in rates:
+            put(tmp_path, method, "sst2", lr, score=score)
+
+    def curve():
+        lines, _ = rp.plan(str(tmp_path), ["sst2"], 2000, [0], [250, 4000], others=())
+        return {(m, n): e for m, _, n, _, _, e in lines["curve"]}
+
+    assert curve() == {("bitfit", 250): 10, ("full_ft", 250): 10, ("bitfit", 4000): 10, ("full_ft", 4000): 10}
+    # 250 examples: an epoch is 16 steps, 1/8 of the protocol's. Best at epoch 3 of 10 is one of the last 16 epochs
+    # (the protocol's last two, 250 steps): still rising -> 16 more epochs.
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.7, best_epoch=3, epochs=10, size=250)
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.8, best_epoch=9, epochs=10, size=4000)  # 4,000: the rule as is
+    assert curve()[("bitfit", 250)] == 26 and curve()[("bitfit", 4000)] == 12
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.7, best_epoch=10, epochs=26, size=250)  # 16 epochs past its best
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.8, best_epoch=10, epochs=12, size=4000)
+    assert ("bitfit", 250) not in curve() and ("bitfit", 4000) not in curve()
+    # the cap: 20 protocol epochs = 160 epochs of 250 examples, not 20 (320 steps)
+    put(tmp_path, "full_ft", "sst2", 5e-5, score=0.7, best_epoch=19, epochs=20, size=250)
+    assert curve()[("full_ft", 250)] == 36
+    put(tmp_path, "full_ft", "sst2", 5e-5, score=0.7, best_epoch=159, epochs=160, size=250)
+    assert ("full_ft", 250) not in curve()
+    # a flat run goes to that cap too
+    put(tmp_path, "full_ft", "sst2", 5e-5, score=0.5, best_epoch=1, epochs=26, size=250, curve=[0.5] * 26)
+    assert curve()[("full_ft", 250)] == 160
+
+
 def test_the_command_line_prints_one_run_per_line_with_its_epochs(tmp_path, capsys):
     put(tmp_path, "bitfit", "rte", 1e-3, best_epoch=10)
     rp.main([str(tmp_path), "--tasks", "rte", "--phases", "pilot"])

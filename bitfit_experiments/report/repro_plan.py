@@ -11,7 +11,8 @@ answer depends on what is complete, so the learning-rate pilot grows as its resu
 2. seeds: BitFit and Full-FT at their best pilot rate with the remaining seeds (1, 2).
 3. others: every other Table-3 method, and LoRA, IA3 and BitFit+LoRA, seed 0, at BitFit's best pilot rate on that
    task (the pilot covers BitFit and Full-FT only; the other rows share the bias-only grid).
-4. curve: BitFit and Full-FT on SST-2 at several training sizes, 3 seeds, at their SST-2 best pilot rate.
+4. curve: BitFit and Full-FT on SST-2 at several training sizes, 3 seeds, at their SST-2 best pilot rate, each
+   judged over the protocol's number of steps (below).
 
 Every run of every phase also follows the protocol's convergence rule: a complete run whose best dev epoch is one of
 its last two is not finished -- it is planned again with EXTEND_STEP (2) more epochs, up to MAX_EPOCHS (20, the
@@ -19,6 +20,13 @@ paper's "up to 20 epochs"); a run whose dev score has not moved at all (the same
 MAX_EPOCHS at once, and the sweep trains it longer in place (`--resume -e N` from its kept checkpoint,
 bit-identical to a run started with N epochs). Until then it counts as pending: no pilot decision, seed or
 dependent run is taken on a score that is still rising.
+
+The curve's smaller training sets are judged over the same number of optimizer steps as the protocol's size
+(`step_scale`): at n examples the window, the extension and the cap are counted in epochs of the protocol's size
+(2,000 examples = 125 steps), i.e. multiplied by 2000/n. An epoch of 250 examples is 16 steps; without the scaling
+such a run would be stopped at 20 epochs = 320 steps, while BitFit on SST-2 at 2,000 examples peaked after 875 --
+the cap alone would decide the small-data end of the curve, the regime the paper's claim is about, against the
+method that learns more slowly per step. Every run still starts at EPOCHS (10), the protocol's minimum.
 
 A phase's runs appear as soon as what they depend on is known, so the workers are never idle waiting for a whole
 phase. Output: one line per run, "method task train_size lr seed epochs", in priority order.
@@ -34,7 +42,8 @@ FULL_GRID = (1e-5, 2e-5, 3e-5, 5e-5)
 PILOT_START = {"bias": (4e-4, 1e-3), "full": (2e-5, 5e-5)}
 OTHER_METHODS = ("bm2_bq", "bm2", "bq", "frozen", "rand_uniform", "rand_row_col", "lora", "ia3", "bitfit_lora")
 EPOCHS = 10        # the protocol's first length of every run
-EXTEND_STEP = 2    # epochs added while the best epoch is one of the last two
+WINDOW = 2         # a run whose best epoch is one of its last WINDOW epochs is still rising
+EXTEND_STEP = 2    # epochs added while it is
 MAX_EPOCHS = 20    # the paper: "8 or fewer epochs for most tasks, and up to 20 epochs on the others"
 HEADLINE = {"cola": "matthews_correlation", "sst2": "accuracy", "mrpc": "f1", "stsb": "spearmanr", "rte": "accuracy",
             "qnli": "accuracy", "qqp": "f1", "mnli": "accuracy", "wnli": "accuracy"}
@@ -69,10 +78,17 @@ def _asked(path):
         return 0
 
 
-def state(path, task, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
+def step_scale(size, n):
+    """How many epochs of n examples make one epoch of the protocol's `size` (the same optimizer steps); at least 1:
+    a larger training set gets the protocol's epochs unchanged, never fewer than its minimum."""
+    return max(1, round(size / n))
+
+
+def state(path, task, epochs=EPOCHS, max_epochs=MAX_EPOCHS, scale=1):
     """What a run needs: (epochs to plan, None) while it is missing, running or must be trained longer, else
-    (None, (best-epoch dev headline, last-epoch dev headline)). Longer = its best epoch is one of its last two and
-    it has fewer than max_epochs: then EXTEND_STEP more (an extension never shortens a run)."""
+    (None, (best-epoch dev headline, last-epoch dev headline)). Longer = its best epoch is one of its last
+    WINDOW * scale and it has fewer than max_epochs * scale: then EXTEND_STEP * scale more (an extension never
+    shortens a run). `scale` (step_scale) counts those in epochs of the protocol's training-set size."""
     try:
         with open(os.path.join(path, "results.json"), encoding="utf-8") as f:
             r = json.load(f)
@@ -83,12 +99,13 @@ def state(path, task, epochs=EPOCHS, max_epochs=MAX_EPOCHS):
     done = int(r["last_epoch"])
     if done < epochs:  # asked for more than it has (a larger EPOCHS than when it ran)
         return epochs, None
-    if int(r["best_epoch"]) >= done - 1 and done < max_epochs:
-        return min(done + EXTEND_STEP, max_epochs), None
+    cap = max_epochs * scale
+    if int(r["best_epoch"]) > done - WINDOW * scale and done < cap:
+        return min(done + EXTEND_STEP * scale, cap), None
     split = r["eval_splits"][0]
     key = r.get("headline_metric") or HEADLINE[task]
-    if done < max_epochs and _flat(r, split, key):
-        return max_epochs, None
+    if done < cap and _flat(r, split, key):
+        return cap, None
     return None, (r["best"][split][key], r["last"][split][key])
 
 
@@ -130,8 +147,8 @@ def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS, epochs
     lines = {p: [] for p in ("pilot", "seeds", "others", "curve")}
     best = {}
 
-    def want(phase, method, task, n, lr, seed):
-        todo, _ = state(run_dir(runs_dir, method, task, n, lr, seed), task, epochs, max_epochs)
+    def want(phase, method, task, n, lr, seed, scale=1):
+        todo, _ = state(run_dir(runs_dir, method, task, n, lr, seed), task, epochs, max_epochs, scale)
         if todo is not None:
             lines[phase].append((method, task, n, lr, seed, todo))
 
@@ -153,7 +170,7 @@ def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS, epochs
             for n in curve_sizes:
                 for method in ("bitfit", "full_ft"):
                     if n != size and (method, "sst2") in best:
-                        want("curve", method, "sst2", n, best[method, "sst2"], s)
+                        want("curve", method, "sst2", n, best[method, "sst2"], s, step_scale(size, n))
     return lines, best
 
 
@@ -167,7 +184,8 @@ def main(argv=None):
     p.add_argument("--phases", nargs="+", default=["pilot", "seeds", "others", "curve"])
     p.add_argument("--others", nargs="*", default=list(OTHER_METHODS))
     p.add_argument("--epochs", type=int, default=EPOCHS, help="the first length of every run")
-    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="no run is trained longer than this")
+    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="no run is trained longer than this (a curve run: this many epochs of "
+                   "the protocol's training-set size, in optimizer steps)")
     p.add_argument("--best", action="store_true", help="print the best pilot rate per (method, task) instead")
     a = p.parse_args(argv)
     lines, best = plan(a.runs_dir, a.tasks, a.train_size, a.seeds, a.curve_sizes, a.others, a.epochs, a.max_epochs)
