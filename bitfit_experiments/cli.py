@@ -1,7 +1,7 @@
 """The command line of run_glue.py: the official code's flags (same names, short forms, defaults) plus ours.
 
-Layer: entry point. It only turns text into a validated RunConfig (core/config.py, where every default and rule
-lives) and hands it to experiment.run. Every flag has help text; `python run_glue.py -h` is the reference. Mistakes
+Layer: run. It only turns text into a validated RunConfig (core/config.py, where every default and rule lives)
+and hands it to experiment.run. Every flag has help text; `python run_glue.py -h` is the reference. Mistakes
 end with one line on stderr and exit code 2, as argparse does, but without the usage dump.
 """
 import argparse
@@ -40,13 +40,10 @@ def _official_flags(p):
     g.add_argument("--model-name", "-m", help="any Hugging Face hub id or local directory of an encoder, or of a "
                    "decoder that AutoModelForSequenceClassification loads (GPT-2, BLOOM, OPT, Pythia, Qwen2, ...; "
                    "a tokenizer without a pad token pads with its EOS token)")
-    g.add_argument("--allow-weight-mismatch", action="store_true",
-                   help="train even when the checkpoint lacks encoder weights the architecture has (they would be "
-                   "random) or holds weights it does not use; by default that is refused as a broken model folder")
     g.add_argument("--fine-tune-type", "-f", choices=FINE_TUNE_TYPES, metavar="TYPE",
                    help="full_ft: every parameter; bitfit: bias terms (see --bias-terms) + pooler bias + head; "
                    "frozen: the classifier head only; rand_uniform: --rand-mask-size random entries of the encoder "
-                   "+ head; rand_row_col: a random row/column per weight matrix + LayerNorm gains + head; lora: LoRA on "
+                   "+ head; rand_row_col: per encoder/pooler weight matrix one random column or rows//cols random rows, + the encoder's LayerNorm gains + head (nothing under the embeddings, as the official mask); lora: LoRA on "
                    "--lora-targets + head; ia3: IA3 (peft's modules for the architecture) + head; bitfit_lora: LoRA + "
                    "every bias + head")
     g.add_argument("--bias-terms", nargs="+", choices=BIAS_TERMS, metavar="TERM",
@@ -67,8 +64,11 @@ def _official_flags(p):
 
 
 def _data_flags(p):
-    """Where the data comes from and how it is batched."""
-    x = p.add_argument_group("data")
+    """Where the data and the model come from, and how the data is batched."""
+    x = p.add_argument_group("data and model")
+    x.add_argument("--allow-weight-mismatch", action="store_true",
+                   help="train even when the checkpoint lacks encoder weights the architecture has (they would be "
+                   "random) or holds weights it does not use; by default that is refused as a broken model folder")
     x.add_argument("--data-dir", help="local GLUE files in the original layout (<dir>/RTE/train.tsv, "
                    "...); absent: nyu-mll/glue from the Hugging Face hub")
     x.add_argument("--max-seq-length", type=int, help="truncate sequences to this many tokens")

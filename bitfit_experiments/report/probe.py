@@ -81,7 +81,7 @@ def main(argv=None):
     p = OneLineParser(prog="python -m bitfit_experiments.report.probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="encoder folder (default: the installed all-MiniLM-L6-v2)")
     p.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"), help="GLUE files (default $GLUE_DIR)")
-    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
+    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"], help="GLUE tasks to probe")
     p.add_argument("--train-size", type=int, default=2000, help="seeded training subset the probe is fitted on")
     p.add_argument("--out", default=None, help="also write the table (Markdown) here")
     a = p.parse_args(argv)

@@ -176,13 +176,16 @@ def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS, epochs
 
 def main(argv=None):
     p = OneLineParser(description="Print the runs the converged CPU reproduction should have now.")
-    p.add_argument("runs_dir")
-    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
-    p.add_argument("--train-size", type=int, default=2000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000])
-    p.add_argument("--phases", nargs="+", default=["pilot", "seeds", "others", "curve"])
-    p.add_argument("--others", nargs="*", default=list(OTHER_METHODS))
+    p.add_argument("runs_dir", help="the reproduction's runs (<dir>/minilm/<method>/<task>-n<size>/lr<rate>/seed<s>)")
+    p.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"], help="GLUE tasks")
+    p.add_argument("--train-size", type=int, default=2000, help="the protocol's training-set size per task")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds; the first runs the pilot")
+    p.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000],
+                   help="SST-2 training sizes of the training-size curve (none: no curve)")
+    p.add_argument("--phases", nargs="+", default=["pilot", "seeds", "others", "curve"],
+                   help="which phases' runs to print, in this order")
+    p.add_argument("--others", nargs="*", default=list(OTHER_METHODS),
+                   help="the methods of the 'others' phase (seed 0, at BitFit's pilot rate)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="the first length of every run")
     p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="no run is trained longer than this (a curve run: this many epochs of "
                    "the protocol's training-set size, in optimizer steps)")

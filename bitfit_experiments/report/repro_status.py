@@ -169,11 +169,12 @@ def render(runs_dir, tasks, size, curve_sizes):
 def main(argv=None):
     ap = OneLineParser(prog="python -m bitfit_experiments.report.repro_status",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("runs_dir")
+    ap.add_argument("runs_dir", help="the reproduction's runs (as repro_plan's)")
     ap.add_argument("--out", help="also write the table to this file")
-    ap.add_argument("--tasks", nargs="+", default=TASK_ORDER)
-    ap.add_argument("--train-size", type=int, default=2000)
-    ap.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000])
+    ap.add_argument("--tasks", nargs="+", default=TASK_ORDER, help="GLUE tasks, in the table's order")
+    ap.add_argument("--train-size", type=int, default=2000, help="the protocol's training-set size per task")
+    ap.add_argument("--curve-sizes", type=int, nargs="*", default=[250, 500, 1000, 2000, 4000],
+                    help="SST-2 sizes of the training-size curve (for the planner's list)")
     a = ap.parse_args(argv)
     if not os.path.isdir(a.runs_dir):
         raise UsageError(f"runs directory {a.runs_dir!r} does not exist; pass the reproduction's runs directory "

@@ -414,7 +414,7 @@ def render_latex(rows, paper, table, selection):
 
 def main(argv=None):
     ap = OneLineParser(prog="python -m bitfit_experiments.tables", description=__doc__.split("\n")[0])
-    ap.add_argument("runs_dir")
+    ap.add_argument("runs_dir", help="a folder of run directories (searched recursively for results.json)")
     ap.add_argument("--out", default=None, help="directory for table.md and table.tex (default: RUNS_DIR)")
     ap.add_argument("--epoch-selection", choices=["best", "last"], default="best",
                     help="best: each run's best dev epoch (the official code's curves); last: its final epoch")
