@@ -164,16 +164,17 @@ def test_the_status_table_is_made_from_the_records(tmp_path, capsys):
 
 def test_the_estimate_counts_only_the_epochs_left_at_the_measured_rate():
     from bitfit_experiments.report import repro_status
-    rec = lambda status, n_epochs, secs: {"status": status, "num_train_examples": 100, "epochs": [
-        {"epoch": i + 1, "epoch_time_sec": secs, "eval_time_sec": 0.0} for i in range(n_epochs)]}
-    runs = [("bitfit", "rte", 100, 1e-3, 0, "p", rec("complete", 2, 100.0)),   # 1 s per example-epoch
-            ("full_ft", "rte", 100, 2e-5, 0, "p", rec("complete", 2, 300.0)),  # 3 s
+    rec = lambda status, n_epochs, secs, evals=20.0: {"status": status, "num_train_examples": 100, "epochs": [
+        {"epoch": i + 1, "epoch_time_sec": secs, "eval_time_sec": evals} for i in range(n_epochs)]}
+    runs = [("bitfit", "rte", 100, 1e-3, 0, "p", rec("complete", 2, 100.0)),   # 1 s per example, 20 s of dev
+            ("full_ft", "rte", 100, 2e-5, 0, "p", rec("complete", 2, 300.0, 30.0)),  # 3 s, 30 s of dev
             ("bitfit", "rte", 2000, 4e-4, 0, "p", rec("running", 4, 100.0))]
-    plan = {"pilot": [("bitfit", "rte", 2000, 4e-4, 0, 10)],            # 6 epochs left x 2,000 x 1 s
-            "others": [("rand_uniform", "rte", 100, 1e-3, 0, 10),       # costs what Full-FT does: 10 x 100 x 3 s
-                       ("bitfit", "cola", 100, 1e-3, 0, 10)]}           # nothing measured on CoLA
+    plan = {"pilot": [("bitfit", "rte", 2000, 4e-4, 0, 10)],            # 6 epochs left x (2,000 x 1 s + 20 s)
+            "others": [("rand_uniform", "rte", 100, 1e-3, 0, 10),       # costs what Full-FT does: 10 x (100 x 3 + 30)
+                       ("bitfit", "cola", 100, 1e-3, 0, 10)],           # nothing measured on CoLA
+            "curve": [("bitfit", "rte", 10, 1e-3, 0, 10)]}              # the dev set stays whole: 10 x (10 x 1 + 20)
     hours, unknown = repro_status.estimate_hours(runs, plan)
-    assert hours == pytest.approx((6 * 2000 * 1 + 10 * 100 * 3) / 3600) and unknown == 1
+    assert hours == pytest.approx((6 * 2020 + 10 * 330 + 10 * 30) / 3600) and unknown == 1
 
 
 def test_the_comparison_so_far_uses_each_methods_pilot_rate_and_its_complete_seeds():

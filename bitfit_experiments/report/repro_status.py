@@ -85,25 +85,29 @@ COST_PROXY = {"full_ft": "full_ft", "rand_uniform": "full_ft", "rand_row_col": "
 
 def estimate_hours(runs, plan):
     """(worker-hours the planner's current list needs, runs with nothing comparable measured yet). Per run: its
-    epochs still to train (a run resumed or trained longer only costs its new ones) x its training-set size x the
-    median seconds per example-epoch (training + evaluation) of the complete runs of the same task and cost class."""
-    per_example = {}
+    epochs still to train (a run resumed or trained longer only costs its new ones) x (its training-set size x the
+    median training seconds per example + the median seconds of one dev evaluation), both measured on the complete
+    runs of the same task and cost class. The evaluation does not shrink with the training set: at the curve's 250
+    examples it is most of an epoch."""
+    train, evals = {}, {}
     for method, task, _, _, _, _, rec in runs:
         if rec.get("status") != "complete" or not rec.get("num_train_examples"):
             continue
+        key = (COST_PROXY.get(method, "bitfit"), task)
         for e in rec.get("epochs") or []:
-            per_example.setdefault((COST_PROXY.get(method, "bitfit"), task), []).append(
-                (e["epoch_time_sec"] + e.get("eval_time_sec", 0.0)) / rec["num_train_examples"])
+            train.setdefault(key, []).append(e["epoch_time_sec"] / rec["num_train_examples"])
+            evals.setdefault(key, []).append(e.get("eval_time_sec", 0.0))
+    median = lambda xs: sorted(xs)[len(xs) // 2]
     started = {(m, t, n, repro_plan.fmt_lr(lr), s): len(rec.get("epochs") or []) for m, t, n, lr, s, _, rec in runs}
     total, unknown = 0.0, 0
     for phase in plan.values():
         for method, task, n, lr, seed, epochs in phase:
-            times = sorted(per_example.get((COST_PROXY.get(method, "bitfit"), task), []))
-            if not times:
+            key = (COST_PROXY.get(method, "bitfit"), task)
+            if key not in train:
                 unknown += 1
                 continue
             left = epochs - started.get((method, task, n, repro_plan.fmt_lr(lr), seed), 0)
-            total += times[len(times) // 2] * n * max(left, 0)
+            total += (median(train[key]) * n + median(evals[key])) * max(left, 0)
     return total / 3600, unknown
 
 
