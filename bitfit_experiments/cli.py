@@ -43,7 +43,9 @@ def _official_flags(p):
     g.add_argument("--fine-tune-type", "-f", choices=FINE_TUNE_TYPES, metavar="TYPE",
                    help="full_ft: every parameter; bitfit: bias terms (see --bias-terms) + pooler bias + head; "
                    "frozen: the classifier head only; rand_uniform: --rand-mask-size random entries of the encoder "
-                   "+ head; rand_row_col: per encoder/pooler weight matrix one random column or rows//cols random rows, + the encoder's LayerNorm gains + head (nothing under the embeddings, as the official mask); lora: LoRA on "
+                   "+ head; rand_row_col: per encoder/pooler weight matrix one random column or rows//cols random "
+                   "rows, + the encoder's LayerNorm gains + head (nothing under the embeddings, as the official "
+                   "mask); lora: LoRA on "
                    "--lora-targets + head; ia3: IA3 (peft's modules for the architecture) + head; bitfit_lora: LoRA + "
                    "every bias + head")
     g.add_argument("--bias-terms", nargs="+", choices=BIAS_TERMS, metavar="TERM",

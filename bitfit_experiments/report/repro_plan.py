@@ -187,8 +187,9 @@ def main(argv=None):
     p.add_argument("--others", nargs="*", default=list(OTHER_METHODS),
                    help="the methods of the 'others' phase (seed 0, at BitFit's pilot rate)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="the first length of every run")
-    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="no run is trained longer than this (a curve run: this many epochs of "
-                   "the protocol's training-set size, in optimizer steps)")
+    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS,
+                   help="no run is trained longer than this (a curve run: this many epochs of the protocol's "
+                   "training-set size, in optimizer steps)")
     p.add_argument("--best", action="store_true", help="print the best pilot rate per (method, task) instead")
     a = p.parse_args(argv)
     lines, best = plan(a.runs_dir, a.tasks, a.train_size, a.seeds, a.curve_sizes, a.others, a.epochs, a.max_epochs)
