@@ -169,7 +169,7 @@ def test_cpu_repro_first_round_is_the_pilot(tmp_path):
                         "full_ft/rte-n2000/lr2e-5/seed0", "full_ft/rte-n2000/lr5e-5/seed0"]
     assert [r.split("/")[1] for r in runs[::4]] == ["rte-n2000", "mrpc-n2000", "stsb-n2000", "cola-n2000", "sst2-n2000"]
     assert all(r.endswith("/seed0") for r in runs)
-    assert all("--train-size 2000" in l and "-e 10 " in l and l.endswith("--no-progress --keep-checkpoint --batch-layout padded")
+    assert all("--train-size 2000" in l and "-e 10 " in l and l.endswith("--no-progress --keep-checkpoint --batch-layout auto")
                for l in lines)
 
 
