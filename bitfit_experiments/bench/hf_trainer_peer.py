@@ -13,7 +13,8 @@ user has it (the usual way sets nothing).
 Nothing of this project's training loop is used (that is what it is compared with): only the GLUE file reader and
 the seeded subset (core/data.py), so both train on exactly the same examples, and the metric definitions
 (core/metrics.py). It prints one line `PEER_RESULT {json}`: training-phase seconds (trainer.train), evaluation
-seconds, the dev metric, the trainable-parameter count and the real (non-padding) training tokens.
+seconds, the dev metric, the mean training loss, the trainable-parameter count and the real (non-padding) training
+tokens.
 
 Layer: bench.
 """
@@ -84,7 +85,7 @@ def train_and_evaluate(args):
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
     start = time.perf_counter()
-    trainer.train()
+    train_loss = trainer.train().training_loss  # the mean over every training step
     train_sec = time.perf_counter() - start
     start = time.perf_counter()
     out = trainer.predict(dev_ds)
@@ -94,6 +95,7 @@ def train_and_evaluate(args):
     dev = metrics.compute_metrics(spec.name, preds, out.label_ids)[spec.headline]
     return {"task": spec.name, "train_examples": len(train_ds), "trainable_params": trainable,
             "train_sec": train_sec, "eval_sec": eval_sec, "dev": dev, "dev_metric_name": spec.headline,
+            "train_loss": train_loss,
             "real_train_tokens": int(sum(len(x) for x in train_ds["input_ids"])), "threads": torch.get_num_threads(),
             "omp_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
                         if k in os.environ}}
