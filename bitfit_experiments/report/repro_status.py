@@ -13,6 +13,7 @@ Layer: report (reads finished runs; writes only --out).
 import glob
 import json
 import os
+from statistics import fmean, median_high
 import sys
 
 from ..artifacts.io import atomic_write_text, check_writable
@@ -97,7 +98,6 @@ def estimate_hours(runs, plan):
         for e in rec.get("epochs") or []:
             train.setdefault(key, []).append(e["epoch_time_sec"] / rec["num_train_examples"])
             evals.setdefault(key, []).append(e.get("eval_time_sec", 0.0))
-    median = lambda xs: sorted(xs)[len(xs) // 2]
     started = {(m, t, n, repro_plan.fmt_lr(lr), s): len(rec.get("epochs") or []) for m, t, n, lr, s, _, rec in runs}
     total, unknown = 0.0, 0
     for phase in plan.values():
@@ -107,7 +107,7 @@ def estimate_hours(runs, plan):
                 unknown += 1
                 continue
             left = epochs - started.get((method, task, n, repro_plan.fmt_lr(lr), seed), 0)
-            total += (median(train[key]) * n + median(evals[key])) * max(left, 0)
+            total += (median_high(train[key]) * n + median_high(evals[key])) * max(left, 0)
     return total / 3600, unknown
 
 
@@ -130,9 +130,9 @@ def comparison(runs, best, size):
             continue
         (blr, b), (flr, f) = (_at_pilot_rate(score, method, task, best) for method in ("bitfit", "full_ft"))
         later = [[v for seed, v in seeds.items() if seed != 0] for seeds in (b, f)]
-        unchosen = f"{_mean(later[0]) - _mean(later[1]):+.1f}" if all(later) else "-"
+        unchosen = f"{fmean(later[0]) - fmean(later[1]):+.1f}" if all(later) else "-"
         out.append(f"| {task.upper()} | {blr}: {' '.join(f'{v:.1f}' for v in b.values())} | {flr}: "
-                   f"{' '.join(f'{v:.1f}' for v in f.values())} | {_mean(b.values()) - _mean(f.values()):+.1f} | "
+                   f"{' '.join(f'{v:.1f}' for v in f.values())} | {fmean(b.values()) - fmean(f.values()):+.1f} | "
                    f"{unchosen} | {len(b)} / {len(f)} |")
     if not out:
         return []
@@ -141,11 +141,6 @@ def comparison(runs, best, size):
             "were not used to choose:", "",
             "| task | BitFit (rate: seeds) | Full-FT (rate: seeds) | BitFit - Full-FT (means) | the same, seeds 1+ only "
             "| seeds |", "|---|---|---|---|---|---|"] + out
-
-
-def _mean(values):
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def _at_pilot_rate(score, method, task, best):
