@@ -13,8 +13,8 @@ Layer: report (reads finished runs; writes only --out).
 import glob
 import json
 import os
-from statistics import fmean, median_high
 import sys
+from statistics import fmean, median_high
 
 from ..artifacts.io import atomic_write_text, check_writable
 from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
