@@ -107,6 +107,28 @@ def test_the_rule_holds_for_every_phase_and_a_run_being_extended_keeps_its_lengt
     assert "frozen" not in others and others["bm2"] == 12 and others["bq"] == 10
 
 
+def test_a_later_seed_trains_at_least_as_long_as_the_first_seed_did(tmp_path):
+    # CoLA BitFit 4e-4: the pilot (seed 0) needed 20 epochs; seed 1 peaked once at epoch 8 of 10, at the majority
+    # baseline otherwise -- the last-two-epochs test alone would stop it there.
+    put(tmp_path, "bitfit", "cola", 1e-4, score=0.0, best_epoch=1, epochs=20, curve=[0.0] * 20)
+    put(tmp_path, "bitfit", "cola", 4e-4, score=0.22, best_epoch=17, epochs=20)
+    put(tmp_path, "bitfit", "cola", 1e-3, score=0.13, best_epoch=10, epochs=12)
+    put(tmp_path, "bitfit", "cola", 4e-4, seed=1, score=0.066, best_epoch=8, epochs=10)
+    put(tmp_path, "bitfit", "cola", 4e-4, seed=2, score=0.18, best_epoch=18, epochs=20)
+    lines, best = plan(tmp_path, tasks=("cola",))
+    assert best[("bitfit", "cola")] == 4e-4
+    assert [(s, e) for m, _, _, _, s, e in lines["seeds"] if m == "bitfit"] == [(1, 20)]
+    # the same for the curve: seed 1 at 250 examples trains at least as long as seed 0 there
+    for method, rates in (("bitfit", ((4e-4, 0.80), (1e-3, 0.81), (1.3e-3, 0.80))),
+                          ("full_ft", ((2e-5, 0.81), (5e-5, 0.83), (7e-5, 0.82)))):
+        for lr, score in rates:
+            put(tmp_path, method, "sst2", lr, score=score)
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.7, best_epoch=3, epochs=42, size=250)
+    put(tmp_path, "bitfit", "sst2", 1e-3, seed=1, score=0.7, best_epoch=3, epochs=26, size=250)
+    lines, _ = rp.plan(str(tmp_path), ["sst2"], 2000, [0, 1], [250], others=())
+    assert [(s, e) for m, _, _, _, s, e in lines["curve"] if m == "bitfit"] == [(1, 42)]
+
+
 def test_a_smaller_training_set_is_judged_over_the_same_number_of_steps(tmp_path):
     for method, rates in (("bitfit", ((4e-4, 0.80), (1e-3, 0.81), (1.3e-3, 0.80))),
                           ("full_ft", ((2e-5, 0.81), (5e-5, 0.83), (7e-5, 0.82)))):
