@@ -107,6 +107,14 @@ def test_the_rule_holds_for_every_phase_and_a_run_being_extended_keeps_its_lengt
     assert "frozen" not in others and others["bm2"] == 12 and others["bq"] == 10
 
 
+def test_the_other_methods_run_method_by_method_over_every_task(tmp_path):
+    for task in ("rte", "mrpc"):
+        for lr, score in ((4e-4, 0.56), (1e-3, 0.59), (1.3e-3, 0.55)):
+            put(tmp_path, "bitfit", task, lr, score=score)
+    lines, _ = plan(tmp_path, tasks=("rte", "mrpc"))
+    assert [(m, t) for m, t, *_ in lines["others"]] == [(m, t) for m in rp.OTHER_METHODS for t in ("rte", "mrpc")]
+
+
 def test_a_later_seed_trains_at_least_as_long_as_the_first_seed_did(tmp_path):
     # CoLA BitFit 4e-4: the pilot (seed 0) needed 20 epochs; seed 1 peaked once at epoch 8 of 10, at the majority
     # baseline otherwise -- the last-two-epochs test alone would stop it there.
