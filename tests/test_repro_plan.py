@@ -210,7 +210,7 @@ def test_the_estimate_counts_only_the_epochs_left_at_the_measured_rate():
 def test_the_comparison_so_far_uses_each_methods_pilot_rate_and_its_complete_seeds():
     from bitfit_experiments.report import repro_status
     rec = lambda acc, status="complete": {"status": status, "eval_splits": ["dev"], "headline_metric": "accuracy",
-                                          "best": {"dev": {"accuracy": acc}}}
+                                          "best": {"dev": {"accuracy": acc}}, "last": {"dev": {"accuracy": acc - 0.01}}}
     runs = [("bitfit", "rte", 2000, 1e-3, 0, "p", rec(0.60)), ("bitfit", "rte", 2000, 1e-3, 1, "p", rec(0.62)),
             ("bitfit", "rte", 2000, 4e-4, 0, "p", rec(0.70)),              # not the pilot's rate
             ("bitfit", "rte", 2000, 1e-3, 2, "p", rec(0.10, "running")),   # not complete
@@ -219,9 +219,13 @@ def test_the_comparison_so_far_uses_each_methods_pilot_rate_and_its_complete_see
             ("bitfit", "mrpc", 2000, 1e-3, 0, "p", rec(0.80))]             # Full-FT's pilot not decided: no row
     best = {("bitfit", "rte"): 1e-3, ("full_ft", "rte"): 2e-5, ("bitfit", "mrpc"): 1e-3}
     lines = repro_status.comparison(runs, best, 2000)
-    assert lines[-1] == "| RTE | 1e-3: 60.0 62.0 | 2e-5: 58.0 | +3.0 | - | 2 / 1 |"  # no Full-FT seed 1+ yet
+    assert lines[-1] == "| RTE | 1e-3: 60.0 62.0 | 2e-5: 58.0 | +3.0 | - | +3.0 | 2 / 1 |"  # no Full-FT seed 1+ yet
     assert not any(line.startswith("| MRPC") for line in lines)
     # the seeds that did not choose the rate, on their own: BitFit seed 1 (62) against Full-FT seeds 1-2 (56, 57)
     runs += [("full_ft", "rte", 2000, 2e-5, 1, "p", rec(0.56)), ("full_ft", "rte", 2000, 2e-5, 2, "p", rec(0.57))]
     assert repro_status.comparison(runs, best, 2000)[-1] == \
-        "| RTE | 1e-3: 60.0 62.0 | 2e-5: 58.0 56.0 57.0 | +4.0 | +5.5 | 2 / 3 |"
+        "| RTE | 1e-3: 60.0 62.0 | 2e-5: 58.0 56.0 57.0 | +4.0 | +5.5 | +4.0 | 2 / 3 |"
+    # the last epochs' scores, no epoch chosen: Full-FT seed 2 fell to 50 by its last epoch
+    runs[-1][-1]["last"]["dev"]["accuracy"] = 0.50
+    assert repro_status.comparison(runs, best, 2000)[-1] == \
+        "| RTE | 1e-3: 60.0 62.0 | 2e-5: 58.0 56.0 57.0 | +4.0 | +5.5 | +6.0 | 2 / 3 |"
