@@ -277,3 +277,19 @@ def test_lora_paper_table_uses_its_metrics_and_rows(tmp_path):
     # accuracy at the F1-best epoch: Full-FT 86.0 (epoch 2), BitFit 83.0 (epoch 2), LoRA 81.0 (epoch 1)
     assert "86.0 / 90.2" in rows["Full-FT"] and "83.0 / 92.7" in rows["BitFit"] and "81.0 / 89.7" in rows["LoRA"]
     assert "0.3M" in rows["LoRA"]  # the paper's trainable count where it prints no %Param
+
+
+def test_a_cells_rate_is_chosen_on_the_headline_metric_beside_every_paper(tmp_path):
+    """F1 picks 1e-3, accuracy would pick 2e-3: the LoRA-paper table shows accuracy but of the runs at 1e-3, the
+    rate Table 3 shows (and, under --lr-selection pilot, the rate the seeds ran at)."""
+    r = str(tmp_path / "runs")
+    make_run(r, "a", "mrpc", "bitfit", 1e-3, 0, [0.88], model="roberta-base", other={"accuracy": [0.80]})
+    make_run(r, "b", "mrpc", "bitfit", 2e-3, 0, [0.86], model="roberta-base", other={"accuracy": [0.84]})
+    for table, shown in (("3", "88.0"), ("lora", "80.0")):
+        for lr_selection in ("mean", "pilot"):
+            out = tmp_path / f"out_{table}_{lr_selection}"
+            tables.main([r, "--out", str(out), "--paper-table", table, "--lr-selection", lr_selection])
+            md = (out / "table.md").read_text()
+            row = next(line for line in md.splitlines() if line.startswith("| roberta-base | BitFit"))
+            assert f"| {shown} / " in row, (table, lr_selection, row)
+            assert "0.001 (1)" in md.split("Selected learning rate")[1]

@@ -9,7 +9,8 @@ What a cell is, step by step (the paper only says "mean±std over 5 seeds, minim
   2. A run's score is its headline metric (the paper's Table 5 metric) at the selected epoch: the best dev epoch
      (what the official code's learning curves report) or the last epoch.
   3. Per (model, method, task, train size) the learning rate with the best mean score over seeds wins (MNLI: by
-     the matched split, the split the runs pick their best epoch on); the cell is mean ± sample std (ddof=1) over
+     the matched split, the split the runs pick their best epoch on; always on the headline metric, also where the
+     table shows another paper's metric, so a cell is the same runs in every table); the cell is mean ± sample std (ddof=1) over
      that learning rate's seeds. With --lr-selection pilot (the converged reproduction's protocol: a pilot over
      rates on the first seed, the other seeds only at the pilot's rate), the rate is the one whose first-seed run
      scores best (ties: the higher last-epoch score, then the lower rate; the rule of report/repro_plan.py), so
@@ -175,8 +176,10 @@ def aggregate(runs, selection="best", metric_of=None, lr_selection="mean"):
         summary = {}
         for lr, lr_runs in sorted(by_lr.items()):
             # Select on the split each run picks its best epoch on (MNLI: matched); first column = that split.
-            summary[lr] = (statistics.fmean(_first(r["results"], selection, metric_of) for r in lr_runs), len(lr_runs))
-        best_lr = choose_lr(by_lr, selection, lr_selection, metric_of)
+            summary[lr] = (statistics.fmean(_first(r["results"], selection) for r in lr_runs), len(lr_runs))
+        # The rate is chosen on the runs' own headline metric, as their best epoch is, whatever metric the table then
+        # shows (--paper-table lora: MRPC accuracy): a cell is the same runs beside every paper.
+        best_lr = choose_lr(by_lr, selection, lr_selection)
         chosen = sorted(by_lr[best_lr], key=lambda r: (str(r["seed"]), r["path"]))
         scores = {}
         for r in chosen:
