@@ -74,6 +74,9 @@ plan_round() {
 # the table, claims and curves per task at TRAIN_SIZE (SST-2 also has the training-size curve's sizes).
 REPORT_ARGS=(--lr-selection pilot --table-train-size "$TRAIN_SIZE")
 add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR" --paper-table 3 "${REPORT_ARGS[@]}"
+# the same cells beside the LoRA paper's RoBERTa-base rows (BitFit, LoRA, Full-FT; MRPC accuracy, STS-B Pearson)
+add_report "$PYTHON" -m bitfit_experiments.tables "$RUNS_DIR" --out "$OUT_DIR/beside_lora_paper" --paper-table lora \
+    "${REPORT_ARGS[@]}"
 add_report "$PYTHON" -m bitfit_experiments.figures "$RUNS_DIR" --out "$OUT_DIR/figures" "${REPORT_ARGS[@]}"
 add_report "$PYTHON" -m bitfit_experiments.report.repro_status "$RUNS_DIR" --out "$OUT_DIR/status.md" --tasks $TASKS \
     --train-size "$TRAIN_SIZE" --curve-sizes $CURVE_SIZES

@@ -495,6 +495,7 @@ def test_cpu_repro_submits_one_round(tmp_path, fake_slurm):
     assert "rerun this command for the next round" in p.stdout
     report_sh = open(jobs[-1]["script"]).read()
     assert all(f"bitfit_experiments.{m}" in report_sh for m in ("tables", "figures", "claims"))
+    assert "--paper-table 3" in report_sh and "--paper-table lora" in report_sh
     assert run_array_task(jobs[0], 19, tmp_path, fake_slurm).returncode == 0
     assert "/sst2-n2000/lr5e-5/seed0" in out_dir(calls(tmp_path)[0])
 
