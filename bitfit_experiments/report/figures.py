@@ -98,7 +98,10 @@ def training_size_curves(cells, results_by_path, out):
                     # the true number of examples trained on (a "full" run records its whole training set)
                     n = results_by_path[c["runs"][0]].num_train_examples or c["train_size"]
                     points.append((n, *_headline(c)))
-                    table.setdefault(n, {})[method] = (*_headline(c), c["n"], c["lr"])
+                    runs = [results_by_path[p] for p in c["runs"]]
+                    last = statistics.fmean(statistics.fmean(tables.run_scores(r, "last").values()) for r in runs)
+                    epochs = statistics.fmean(len(r.epochs) for r in runs)
+                    table.setdefault(n, {})[method] = (*_headline(c), c["n"], c["lr"], last, epochs)
             if points:
                 points.sort()
                 xs, ys, es = zip(*points)
@@ -117,15 +120,22 @@ def training_size_curves(cells, results_by_path, out):
 
 
 def _train_size_table(model, task, metric, table):
-    """The training-size curve as numbers: per size, each method's mean ± std over seeds (n seeds, its lr)."""
+    """The training-size curve as numbers: per size, each method's mean ± std over seeds (n seeds, its lr); the
+    difference of the means; the same from the last epochs' scores (no epoch chosen on the dev set); and the mean
+    number of epochs, i.e. of dev scores the best epoch was chosen among -- a run trained longer has more chances
+    of a lucky one, so where the two differences part, the epoch choice is what moved the first."""
     lines = [f"# {task.upper()}, {model}: dev {metric} (x100) by training size, mean ± std over seeds", "",
-             "| training examples | Full-FT | BitFit | BitFit - Full-FT |", "|---|---|---|---|"]
+             "| training examples | Full-FT | BitFit | BitFit - Full-FT | the same, last epochs | epochs: Full-FT / "
+             "BitFit |", "|---|---|---|---|---|---|"]
     for n in sorted(table):
         row = table[n]
         cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f} ({row[m][2]} seeds, lr {row[m][3]:g})" if m in row else "missing"
                  for m in ("Full-FT", "BitFit")]
-        diff = f"{row['BitFit'][0] - row['Full-FT'][0]:+.1f}" if len(row) == 2 else ""
-        lines.append(f"| {n:,} | {cells[0]} | {cells[1]} | {diff} |")
+        both = len(row) == 2
+        diff = f"{row['BitFit'][0] - row['Full-FT'][0]:+.1f}" if both else ""
+        last = f"{row['BitFit'][4] - row['Full-FT'][4]:+.1f}" if both else ""
+        epochs = " / ".join(f"{row[m][5]:.0f}" if m in row else "-" for m in ("Full-FT", "BitFit"))
+        lines.append(f"| {n:,} | {cells[0]} | {cells[1]} | {diff} | {last} | {epochs} |")
     return "\n".join(lines) + "\n"
 
 
