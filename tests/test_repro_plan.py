@@ -131,10 +131,13 @@ def test_a_later_seed_trains_at_least_as_long_as_the_first_seed_did(tmp_path):
                           ("full_ft", ((2e-5, 0.81), (5e-5, 0.83), (7e-5, 0.82)))):
         for lr, score in rates:
             put(tmp_path, method, "sst2", lr, score=score)
-    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.7, best_epoch=3, epochs=42, size=250)
-    put(tmp_path, "bitfit", "sst2", 1e-3, seed=1, score=0.7, best_epoch=3, epochs=26, size=250)
-    lines, _ = rp.plan(str(tmp_path), ["sst2"], 2000, [0, 1], [250], others=())
-    assert [(s, e) for m, _, _, _, s, e in lines["curve"] if m == "bitfit"] == [(1, 42)]
+    curve = lambda: [(s, e) for m, _, _, _, s, e in rp.plan(str(tmp_path), ["sst2"], 2000, [0, 1], [250],
+                                                               others=())[0]["curve"] if m == "bitfit"]
+    assert curve() == [(0, 10)]  # seed 1 waits for seed 0
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.7, best_epoch=20, epochs=26, size=250)
+    assert curve() == [(0, 42)]  # still rising (its best in the last 16 epochs): seed 1 still waits
+    put(tmp_path, "bitfit", "sst2", 1e-3, score=0.7, best_epoch=20, epochs=42, size=250)
+    assert curve() == [(1, 42)]
 
 
 def test_a_smaller_training_set_is_judged_over_the_same_number_of_steps(tmp_path):

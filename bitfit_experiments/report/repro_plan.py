@@ -29,8 +29,8 @@ such a run would be stopped at 20 epochs = 320 steps, while BitFit on SST-2 at 2
 the cap alone would decide the small-data end of the curve, the regime the paper's claim is about, against the
 method that learns more slowly per step. Every run still starts at EPOCHS (10), the protocol's minimum.
 
-Every seed after the first trains at least as many epochs as the first seed's run at the same method, task,
-training size and rate (in the seeds phase: the pilot run that chose the rate). The paper trains every seed for the
+Every seed after the first starts once the first seed's run at the same method, task, training size and rate is
+finished (in the seeds phase: the pilot run that chose the rate), and trains at least as many epochs as it did. The paper trains every seed for the
 same number of epochs; the rule above alone let a seed stop at 10 epochs because its noise put its best epoch before
 its last two, while the same setting's first seed had needed 20. Found on CoLA BitFit 4e-4: seeds 0 and 2 sat at
 MCC 0 for 9-10 epochs and then rose to 21.8 and 17.6 by epochs 17-18; seed 1 had one epoch at 6.6 (epoch 8), so it
@@ -169,8 +169,15 @@ def plan(runs_dir, tasks, size, seeds, curve_sizes, others=OTHER_METHODS, epochs
     best = {}
 
     def want(phase, method, task, n, lr, seed, scale=1):
-        # a later seed trains at least as long as seed 0 did at the same point (its pilot run, in the seeds phase)
-        first = epochs if seed == seeds[0] else max(epochs, _done(run_dir(runs_dir, method, task, n, lr, seeds[0])))
+        first = epochs
+        if seed != seeds[0]:
+            # a later seed waits for seed 0 at the same point to be finished (in the seeds phase it is: the pilot
+            # run), then trains at least as long -- started earlier, it could need to be extended from a checkpoint
+            # a later session no longer has (Full-FT's are not committed)
+            lead = run_dir(runs_dir, method, task, n, lr, seeds[0])
+            if state(lead, task, epochs, max_epochs, scale)[0] is not None:
+                return
+            first = max(epochs, _done(lead))
         todo, _ = state(run_dir(runs_dir, method, task, n, lr, seed), task, first, max_epochs, scale)
         if todo is not None:
             lines[phase].append((method, task, n, lr, seed, todo))
