@@ -998,3 +998,17 @@ def test_every_command_line_refuses_an_unknown_flag_in_one_line(module):
     p = subprocess.run([sys.executable, "-m", module, "--no-such-flag"], capture_output=True, text=True,
                        cwd=REPO_ROOT, timeout=120)
     assert_one_line_error(p.returncode, p.stderr)  # (a missing required argument may be named first)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`python -m bitfit_experiments.repro_plan RUNS | head -1`: the command's next write finds the pipe closed;
+    it ends quietly (exit 1, nothing on stderr), as `ls | head` does."""
+    script = ("import sys\nfrom bitfit_experiments.core.errors import exit_on_usage_error\n"
+              "def main():\n    while True:\n        print('run ' * 100)\n"
+              "exit_on_usage_error(main)()\n")
+    reader = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    reader.stdout.readline()
+    reader.stdout.close()  # the reader stops: the writer's next flush raises BrokenPipeError
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode == 1 and err == b"", err.decode()[-500:]

@@ -7,6 +7,7 @@ with code 2 -- no traceback. Bugs in our own code are not UsageErrors and keep t
 Layer: core.
 """
 import argparse
+import os
 import sys
 
 
@@ -21,13 +22,19 @@ def first_line(e, limit=160):
 
 
 def exit_on_usage_error(main):
-    """Decorator for CLI entry points: UsageError -> one line on stderr, exit code 2."""
+    """Decorator for CLI entry points: UsageError -> one line on stderr, exit code 2. A reader that stops early
+    (`... | head`) ends the command quietly, as it ends `ls | head`, instead of with a traceback."""
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:
+            # Python's advice: point stdout at devnull so the interpreter's final flush does not raise again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
     wrapper.__name__ = main.__name__
     wrapper.__doc__ = main.__doc__
     return wrapper

@@ -44,7 +44,7 @@ import json
 import math
 import os
 import sys
-from ..core.errors import OneLineParser
+from ..core.errors import OneLineParser, exit_on_usage_error
 
 BIAS_GRID = (1e-4, 4e-4, 7e-4, 1e-3)
 FULL_GRID = (1e-5, 2e-5, 3e-5, 5e-5)
@@ -233,4 +233,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_usage_error(main)())
