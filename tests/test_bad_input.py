@@ -1012,3 +1012,19 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     reader.stdout.close()  # the reader stops: the writer's next flush raises BrokenPipeError
     _, err = reader.communicate(timeout=60)
     assert reader.returncode == 1 and err == b"", err.decode()[-500:]
+
+
+def test_output_still_buffered_when_the_command_ends_meets_the_closed_pipe_quietly():
+    """The command returns with output in its buffer after the reader has gone: the flush at exit must not print
+    'Exception ignored ... BrokenPipeError' (exit 120)."""
+    script = ("import sys, time\nfrom bitfit_experiments.core.errors import exit_on_usage_error\n"
+              "def main():\n    print('first', flush=True)\n    time.sleep(1)\n"
+              "    for _ in range(300):\n        print('run 0.001 seed 0')\n"
+              "exit_on_usage_error(main)()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    reader = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+    reader.stdout.readline()
+    reader.stdout.close()  # gone before the command ends and flushes its buffer
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode == 1 and err == b"", (reader.returncode, err.decode()[-500:])

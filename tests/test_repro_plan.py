@@ -113,6 +113,7 @@ def test_the_other_methods_run_method_by_method_over_every_task(tmp_path):
             put(tmp_path, "bitfit", task, lr, score=score)
     lines, _ = plan(tmp_path, tasks=("rte", "mrpc"))
     assert [(m, t) for m, t, *_ in lines["others"]] == [(m, t) for m in rp.OTHER_METHODS for t in ("rte", "mrpc")]
+    assert rp.OTHER_METHODS[:3] == ("lora", "ia3", "bitfit_lora")  # the PEFT rows first (issue 12 waits on them)
 
 
 def test_a_later_seed_trains_at_least_as_long_as_the_first_seed_did(tmp_path):

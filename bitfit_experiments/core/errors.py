@@ -26,7 +26,9 @@ def exit_on_usage_error(main):
     (`... | head`) ends the command quietly, as it ends `ls | head`, instead of with a traceback."""
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # inside the try: output still buffered when main returns meets the closed pipe here
+            return result
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

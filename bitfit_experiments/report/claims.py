@@ -131,8 +131,8 @@ def heatmap_claims(cells, model):
         most = set(ranked[:2]) == {"query", "intermediate"}
         # Expected by construction, not only observed: b_k adds the same q.b_k to every attention score of a query,
         # which softmax cancels, so its gradient is zero up to rounding (tests/test_end_to_end.py checks it).
-        out.append((f"[{cell['task']}] heatmap: b_k changes least", "HOLDS" if least else "FAILS",
-                    names + "; b_k's gradient is 0 up to rounding (softmax cancels q.b_k, the same for every key)"))
+        why = "; b_k's gradient is 0 up to rounding (softmax cancels q.b_k, the same for every key)" if least else ""
+        out.append((f"[{cell['task']}] heatmap: b_k changes least", "HOLDS" if least else "FAILS", names + why))
         out.append((f"[{cell['task']}] heatmap: b_q and b_m2 change most", "HOLDS" if most else "FAILS", names))
     if not out:
         out.append(("heatmap: b_k least, b_q and b_m2 most", "UNTESTED", "no BitFit run wrote bias_changes.json"))

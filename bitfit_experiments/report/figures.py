@@ -134,7 +134,7 @@ def _train_size_table(model, task, metric, table):
         both = len(row) == 2
         diff = f"{row['BitFit'][0] - row['Full-FT'][0]:+.1f}" if both else ""
         last = f"{row['BitFit'][4] - row['Full-FT'][4]:+.1f}" if both else ""
-        epochs = " / ".join(f"{row[m][5]:.0f}" if m in row else "-" for m in ("Full-FT", "BitFit"))
+        epochs = " / ".join(f"{row[m][5]:.1f}" if m in row else "-" for m in ("Full-FT", "BitFit"))
         lines.append(f"| {n:,} | {cells[0]} | {cells[1]} | {diff} | {last} | {epochs} |")
     return "\n".join(lines) + "\n"
 

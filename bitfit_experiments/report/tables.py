@@ -1,6 +1,6 @@
 """Aggregate a directory of runs into the paper's GLUE tables, with the paper's number beside each of ours.
 
-    python -m bitfit_experiments.tables RUNS_DIR [--out DIR] [--epoch-selection best|last] [--paper-table 1|2|3|auto]
+    python -m bitfit_experiments.tables RUNS_DIR [--out DIR] [--epoch-selection best|last] [--paper-table 1|2|3|lora|auto]
 
 What a cell is, step by step (the paper only says "mean±std over 5 seeds, minimal search over 4 learning rates"):
   1. Every results.json under RUNS_DIR (any depth) is one run. Only status "complete" counts; the others are listed
@@ -145,20 +145,20 @@ def _first(record, selection, metric_of=None):
     return list(run_scores(record, selection, metric_of).values())[0]
 
 
-def choose_lr(by_lr, selection="best", lr_selection="mean", metric_of=None):
-    """The learning rate of a cell from {lr: [runs]}. mean: the best mean over that rate's seeds (ties: the smaller
-    rate). pilot: the best run of the lowest seed (the pilot's), ties by the higher last-epoch score, then the smaller
-    rate; rates without a run of that seed do not compete."""
+def choose_lr(by_lr, selection="best", lr_selection="mean"):
+    """The learning rate of a cell from {lr: [runs]}, on the runs' headline metric. mean: the best mean over that
+    rate's seeds (ties: the smaller rate). pilot: the best run of the lowest seed (the pilot's), ties by the higher
+    last-epoch score, then the smaller rate; rates without a run of that seed do not compete."""
     if lr_selection == "mean":
-        mean = {lr: statistics.fmean(_first(r["results"], selection, metric_of) for r in rs) for lr, rs in by_lr.items()}
+        mean = {lr: statistics.fmean(_first(r["results"], selection) for r in rs) for lr, rs in by_lr.items()}
         return max(sorted(mean), key=lambda lr: mean[lr])
     if lr_selection != "pilot":
         raise UsageError(f"learning-rate selection {lr_selection!r} is unknown; use one of {', '.join(LR_SELECTIONS)}")
     seed = min(r["seed"] for rs in by_lr.values() for r in rs)
     pilot = {lr: next(r for r in rs if r["seed"] == seed) for lr, rs in by_lr.items()
              if any(r["seed"] == seed for r in rs)}
-    return max(sorted(pilot), key=lambda lr: (_first(pilot[lr]["results"], selection, metric_of),
-                                              _first(pilot[lr]["results"], "last", metric_of), -lr))
+    return max(sorted(pilot), key=lambda lr: (_first(pilot[lr]["results"], selection),
+                                              _first(pilot[lr]["results"], "last"), -lr))
 
 
 def aggregate(runs, selection="best", metric_of=None, lr_selection="mean"):
