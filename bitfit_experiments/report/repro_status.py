@@ -176,7 +176,8 @@ def render(runs_dir, tasks, size, curve_sizes):
     nxt = [f"{METHOD_TITLE.get(m, m)} {t.upper()} lr {repro_plan.fmt_lr(lr)} seed {s}" + (f" ({e} epochs)" if e != 10 else "")
            for phase in ("pilot", "seeds", "others", "curve") for m, t, _, lr, s, e in plan[phase]][:8]
     lines += ["", f"The planner's list now: {left} runs" + (f"; first: {'; '.join(nxt)}" if nxt else "") + "."
-              + estimate + " The list grows as the pilot and the convergence rule decide, and as a setting's seed 0 finishes (its seeds 1-2 follow it)."]
+              + estimate + " The list grows as the pilot and the convergence rule decide, and as a setting's seed 0 "
+              "finishes (its seeds 1-2 follow it)."]
     return "\n".join(lines) + "\n"
 
 
