@@ -10,8 +10,8 @@ What a cell is, step by step (the paper only says "mean±std over 5 seeds, minim
      (what the official code's learning curves report) or the last epoch.
   3. Per (model, method, task, train size) the learning rate with the best mean score over seeds wins (MNLI: by
      the matched split, the split the runs pick their best epoch on; always on the headline metric, also where the
-     table shows another paper's metric, so a cell is the same runs in every table); the cell is mean ± sample std (ddof=1) over
-     that learning rate's seeds. With --lr-selection pilot (the converged reproduction's protocol: a pilot over
+     table shows another paper's metric, so a cell is the same runs in every table); the cell is mean ± sample std
+     (ddof=1) over that learning rate's seeds. With --lr-selection pilot (the converged reproduction's protocol: a pilot over
      rates on the first seed, the other seeds only at the pilot's rate), the rate is the one whose first-seed run
      scores best (ties: the higher last-epoch score, then the lower rate; the rule of report/repro_plan.py), so
      that one lucky pilot run at another rate never displaces the rate the seeds were run at.
