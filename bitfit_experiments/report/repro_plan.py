@@ -34,8 +34,9 @@ finished (in the seeds phase: the pilot run that chose the rate), and trains at 
 The paper trains every seed for the same number of epochs; the rule above alone let a seed stop at 10 epochs
 because its noise put its best epoch before its last two, while the same setting's first seed had needed 20.
 Found on CoLA BitFit 4e-4: seeds 0 and 2 sat at MCC 0 for 9-10 epochs and then rose to 21.8 and 17.6 by epochs
-17-18; seed 1 had one epoch at 6.6 (epoch 8), so it was stopped at 10, still at the majority baseline. The rule was added in session 8, after the seeds phase had run;
-it applies to both methods alike, and the scores the seeds had at their first length are kept in README's Status.
+17-18; seed 1 had one epoch at 6.6 (epoch 8), so it was stopped at 10, still at the majority baseline. The rule
+was added in session 8, after the seeds phase had run; it applies to both methods alike, and the scores the seeds
+had at their first length are kept in README's Status.
 
 A phase's runs appear as soon as what they depend on is known, so the workers are never idle waiting for a whole
 phase. Output: one line per run, "method task train_size lr seed epochs", in priority order.

@@ -140,9 +140,10 @@ LR_HELP = ("how a cell's learning rate is chosen: mean (the best mean over seeds
            "(the best run of the lowest seed, the other seeds run at that rate only: scripts/cpu_repro.sh)")
 
 
-def _first(record, selection, metric_of=None):
-    """The score a learning rate is chosen on: the first column (MNLI: matched, the split of the best epoch)."""
-    return list(run_scores(record, selection, metric_of).values())[0]
+def _first(record, selection):
+    """The score a learning rate is chosen on: the headline metric's first column (MNLI: matched, the split of the
+    best epoch)."""
+    return list(run_scores(record, selection).values())[0]
 
 
 def choose_lr(by_lr, selection="best", lr_selection="mean"):
