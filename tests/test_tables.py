@@ -176,7 +176,7 @@ def test_markdown_and_latex_outputs(runs, tmp_path, capsys):
     assert cells[2] == "0.0936% / 0.09%"
     assert cells[3] == "missing / 90.2"                # QNLI: no runs
     assert cells[10] == "70.0±2.8 / 72.3 (-2.3)"       # RTE
-    assert cells[12] == "70.0 / 72.3 (-2.3) [1 tasks]"  # Avg. over RTE only, paper recomputed on RTE
+    assert cells[12] == "70.0 / 72.3 (-2.3) [1 task]"  # Avg. over RTE only, paper recomputed on RTE
     full = next(l for l in md.splitlines() if l.startswith("| bert-base-cased | Full-FT |"))
     full_cells = [c.strip() for c in full.strip("|").split("|")]
     assert full_cells[5] == "82.0±2.8 / 83.5 (-1.5)"   # MNLIm
@@ -189,6 +189,31 @@ def test_markdown_and_latex_outputs(runs, tmp_path, capsys):
     assert "0.001 (2)" in md and "Ignored runs (3)" in md and "failed (boom)" in md
     tex = open(os.path.join(out, "table.tex")).read()
     assert r"\begin{tabular}" in tex and r"70.0$\pm$2.8 / 72.3 (-2.3)" in tex and "b\\_m2, b\\_q" in tex
+
+
+def test_notes_name_a_training_size_once_not_once_per_cell(tmp_path):
+    """40 cells on 2,000-example subsets used to print 40 identical notes; one line says it, and where sizes differ
+    each row says which tasks trained on which size."""
+    r = str(tmp_path / "same")
+    for i, task in enumerate(["rte", "mrpc", "cola"]):
+        for ft in ("bitfit", "full_ft"):
+            make_run(r, f"{ft}/{task}", task, ft, 1e-3, 0, [0.6], train_size=2000, model="minilm")
+    out = str(tmp_path / "out")
+    tables.main([r, "--out", out])
+    notes = open(os.path.join(out, "table.md")).read().split("## Notes")[1].split("##")[0].strip().splitlines()
+    assert notes == ["- minilm: the paper has no minilm; its bert-base-cased rows are shown.",
+                     "- every cell: trained on a seeded random subset of 2000 training examples (dev sets whole)."]
+    r = str(tmp_path / "mixed")
+    make_run(r, "a", "rte", "bitfit", 1e-3, 0, [0.6], train_size=1000)
+    make_run(r, "b", "mrpc", "bitfit", 1e-3, 0, [0.6], train_size=2000)
+    make_run(r, "c", "cola", "bitfit", 1e-3, 0, [0.6], train_size=2000)
+    make_run(r, "d", "cola", "full_ft", 1e-3, 0, [0.6])
+    tables.main([r, "--out", out])
+    md = open(os.path.join(out, "table.md")).read()
+    assert "- bert-base-cased / BitFit: trained on a seeded random subset of 1000 examples (rte)." in md
+    assert "- bert-base-cased / BitFit: trained on a seeded random subset of 2000 examples (mrpc, cola)." in md \
+        or "- bert-base-cased / BitFit: trained on a seeded random subset of 2000 examples (cola, mrpc)." in md
+    assert "Full-FT: trained on" not in md and "every cell" not in md
 
 
 def test_usage_errors(tmp_path):

@@ -352,6 +352,24 @@ def _tex(s):
             .replace("#", r"\#"))
 
 
+def _train_size_notes(rows):
+    """One note per training-set size, not one per cell: which cells trained on a subset, and of how many examples."""
+    sizes = {(model, method, task): c["train_size"] for (model, method), row in rows.items() for task, c in row.items()}
+    if not any(n is not None for n in sizes.values()):
+        return []
+    if len(set(sizes.values())) == 1:
+        return [f"every cell: trained on a seeded random subset of {next(iter(sizes.values()))} training examples "
+                f"(dev sets whole)."]
+    notes = []
+    for (model, method), row in rows.items():
+        by_size = {}
+        for task, c in row.items():
+            by_size.setdefault(c["train_size"], []).append(task)
+        notes += [f"{model} / {method}: trained on a seeded random subset of {n} examples ({', '.join(tasks)})."
+                  for n, tasks in by_size.items() if n is not None]
+    return notes
+
+
 def render_markdown(rows, cells, paper, table, ignored, selection, lr_selection="mean"):
     display = build_table(rows, paper, table)
     sel = {"best": "best dev epoch per run", "last": "last epoch"}[selection]
@@ -373,10 +391,10 @@ def render_markdown(rows, cells, paper, table, ignored, selection, lr_selection=
         for col, ours, std, n, p in d["cells"][1:]:
             texts.append(_fmt_value(ours, std, n, p))
         if d["tasks"] and len(d["tasks"]) < len(PAPER_TASKS):
-            texts[-1] += f" [{len(d['tasks'])} tasks]"
+            texts[-1] += f" [{len(d['tasks'])} task{'s' * (len(d['tasks']) > 1)}]"
         lines.append("| " + " | ".join([d["model"], d["method"]] + texts) + " |")
         if d["reference"] != d["model"]:
-            notes.append(f"{d['model']} / {d['method']}: the paper has no {d['model']}; its {d['reference']} row is shown.")
+            notes.append(f"{d['model']}: the paper has no {d['model']}; its {d['reference']} rows are shown.")
     lines += ["", "## Selected learning rate (seeds) per cell", ""]
     tasks_header = ["Model", "Method"] + [COLUMN_TITLES.get(t, t.upper()) if t != "mnli" else "MNLI" for t in PAPER_TASKS]
     lines += ["| " + " | ".join(tasks_header) + " |", "|" + "---|" * len(tasks_header)]
@@ -386,10 +404,9 @@ def render_markdown(rows, cells, paper, table, ignored, selection, lr_selection=
             c = row.get(task)
             texts.append(f"{c['lr']:g} ({c['n']})" if c else "missing")
         lines.append("| " + " | ".join([model, method] + texts) + " |")
+    notes += _train_size_notes(rows)
     for (model, method), row in rows.items():
-        for task, c in row.items():
-            if c["train_size"] is not None:
-                notes.append(f"{model} / {method} / {task}: trained on a subset of {c['train_size']} examples.")
+        for task in row:
             if task not in PAPER_TASKS:
                 notes.append(f"{model} / {method} / {task}: not a paper column (WNLI is excluded by the paper).")
     if notes:
