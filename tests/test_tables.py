@@ -285,6 +285,41 @@ def test_claims_flag_differences_within_seed_noise_and_report_majority_baselines
     assert "(1 within seed noise)" in out
 
 
+def test_training_size_claims_read_the_whole_curve_even_when_the_table_shows_one_size(tmp_path, capsys):
+    """The paper's Figure 2 reading: BitFit - Full-FT falls as the training set grows, and BitFit is ahead at the
+    smallest size. The table is cut to 2,000 examples; the claim must still see every size."""
+    from bitfit_experiments.report import claims
+    r = str(tmp_path / "runs")
+    # BitFit - Full-FT: +3 at 250, +1 at 500, -1 at 1,000, -2 at 2,000 (2 seeds, std 1.41 each)
+    for size, bitfit, full in ((250, 0.70, 0.67), (500, 0.75, 0.74), (1000, 0.78, 0.79), (2000, 0.80, 0.82)):
+        for seed, jitter in ((0, -0.01), (1, 0.01)):
+            make_run(r, f"b{size}/{seed}", "sst2", "bitfit", 1e-3, seed, [bitfit + jitter], train_size=size)
+            make_run(r, f"f{size}/{seed}", "sst2", "full_ft", 2e-5, seed, [full + jitter], train_size=size)
+    claims.main([r, "--table-train-size", "2000"])
+    out = capsys.readouterr().out
+    assert "HOLDS     bert-base-cased: [sst2] training size: BitFit - Full-FT falls as the training set grows" in out
+    assert "BitFit - Full-FT by training examples: 250 +3.0, 500 +1.0, 1,000 -1.0, 2,000 -2.0; rank correlation " \
+        "with size -1.00" in out
+    assert "HOLDS     bert-base-cased: [sst2] training size: BitFit is at or above Full-FT at the smallest size" in out
+    assert "at 250 examples BitFit - Full-FT +3.0\n" in out  # 3.0 > the seeds' std 1.4: not flagged as noise
+    assert "BitFit 80.0 vs Full-FT 82.0 (-2.0) over 1 tasks (sst2)" in out  # the averages stay at the table's size
+    # the reverse trend: BitFit falls behind where data are few
+    r2 = str(tmp_path / "reverse")
+    for size, d in ((250, -0.04), (500, -0.02), (1000, 0.0)):
+        make_run(r2, f"b{size}", "sst2", "bitfit", 1e-3, 0, [0.80 + d], train_size=size)
+        make_run(r2, f"f{size}", "sst2", "full_ft", 2e-5, 0, [0.80], train_size=size)
+    got = {c.split(" (")[0]: (s, d) for _, c, s, d in claims.check_claims(r2)}
+    status, detail = got["[sst2] training size: BitFit - Full-FT falls as the training set grows"]
+    assert status == "FAILS" and "rank correlation with size +1.00; seeds' noise unknown" in detail
+    assert got["[sst2] training size: BitFit is at or above Full-FT at the smallest size"][0] == "FAILS"
+    # two sizes are not a curve: no claim
+    r3 = str(tmp_path / "two")
+    for size in (250, 500):
+        make_run(r3, f"b{size}", "sst2", "bitfit", 1e-3, 0, [0.8], train_size=size)
+        make_run(r3, f"f{size}", "sst2", "full_ft", 2e-5, 0, [0.8], train_size=size)
+    assert not [c for _, c, _, _ in claims.check_claims(r3) if "training size" in c]
+
+
 def test_lora_paper_table_uses_its_metrics_and_rows(tmp_path):
     """--paper-table lora: MRPC on accuracy (the LoRA paper's metric), the best epoch still chosen by F1."""
     r = str(tmp_path / "runs")

@@ -7,6 +7,8 @@ paper's own numbers on the same tasks (BERT-base, Table 3). Averages are the pap
 task) over the tasks BOTH compared methods have, so a missing task never tilts a comparison. A difference no larger
 than the seeds' own spread (mean over those tasks of the larger of the two std's) is flagged "within seed noise":
 such a HOLDS or FAILS says little either way.
+Where BitFit and Full-FT ran at 3 or more training sizes of a task, two claims read the curve as the paper reads
+its Figure 2: BitFit - Full-FT falls as the training set grows, and BitFit is ahead at the smallest size.
 The "close" and "far" thresholds below are ours -- the paper says "marginally lower", "much worse" in words.
 With the GLUE files (--data-dir, default $GLUE_DIR) the report ends with each task's majority-class baseline and
 every method's score beside it: a method at that baseline has not learned the task, whatever the claims say.
@@ -14,11 +16,14 @@ every method's score beside it: a method at that baseline has not learned the ta
 Layer: report.
 """
 import os
+import statistics
+
+from scipy.stats import spearmanr
 
 from . import tables
 from ..core.config import PAPER_NOTATION
 from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
-from .figures import mean_bias_changes, table_cells
+from .figures import cell_headline, mean_bias_changes, table_cells
 from ..artifacts.io import atomic_write_text, check_writable
 
 CLOSE = 1.5     # points of Avg.: "comparable" / "only marginally lower" (paper: BitFit +0.1, b_m2,b_q -1.3)
@@ -139,12 +144,52 @@ def heatmap_claims(cells, model):
     return out
 
 
+def training_size_claims(cells, model):
+    """The paper's Figure 2 reading, on every task with BitFit and Full-FT at 3 or more training sizes: "a reverse
+    correlation between BitFit ability to reach Full-FT performance, and training set size ... BitFit dominates
+    over Full-FT in the smaller-data regime". `cells`: the whole aggregation, every training size."""
+    by_task = {}
+    for cell in cells.values():
+        if cell["model"] == model and cell["method"] in ("BitFit", "Full-FT") and cell["train_size"] is not None:
+            by_task.setdefault(cell["task"], {}).setdefault(cell["train_size"], {})[cell["method"]] = cell
+    out = []
+    for task, by_size in sorted(by_task.items()):
+        sizes = sorted(n for n, pair in by_size.items() if len(pair) == 2)
+        if len(sizes) < 3:
+            continue  # not a training-size curve (the table's one size, or a curve still being run)
+        diff, noise = {}, {}
+        for n in sizes:
+            (bitfit, b_std), (full, f_std) = (cell_headline(by_size[n][m]) for m in ("BitFit", "Full-FT"))
+            diff[n] = bitfit - full
+            # the seeds' spread at this size: unknown with one seed per method
+            noise[n] = max(b_std, f_std) if max(by_size[n][m]["n"] for m in ("BitFit", "Full-FT")) > 1 else None
+        curve = ", ".join(f"{n:,} {diff[n]:+.1f}" for n in sizes)
+        rho = spearmanr(sizes, [diff[n] for n in sizes]).statistic
+        known = [v for v in noise.values() if v is not None]
+        spread = max(diff.values()) - min(diff.values())
+        flag = ("; seeds' noise unknown (one seed per cell)" if not known else
+                f"; within seed noise (the differences span {spread:.1f}, std ~{statistics.fmean(known):.1f})"
+                if spread <= statistics.fmean(known) else "")
+        out.append((f"[{task}] training size: BitFit - Full-FT falls as the training set grows (the paper's reverse "
+                    f"correlation)", "HOLDS" if rho < 0 else "FAILS",
+                    f"BitFit - Full-FT by training examples: {curve}; rank correlation with size {rho:+.2f}" + flag))
+        small = sizes[0]
+        at_small = ("; seeds' noise unknown" if noise[small] is None else
+                    f"; within seed noise (std ~{noise[small]:.1f})" if abs(diff[small]) <= noise[small] else "")
+        out.append((f"[{task}] training size: BitFit is at or above Full-FT at the smallest size (\"dominates in the "
+                    f"smaller-data regime\")", "HOLDS" if diff[small] >= 0 else "FAILS",
+                    f"at {small:,} examples BitFit - Full-FT {diff[small]:+.1f}" + at_small))
+    return out
+
+
 def _rows(runs_dir, selection, lr_selection="mean", train_size=None):
+    """-> (every cell, the cells at the table's training size, their table rows)."""
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
-    cells = tables.at_train_size(tables.aggregate(runs, selection, lr_selection=lr_selection), train_size)
-    return cells, tables.table_rows(cells)
+    every = tables.aggregate(runs, selection, lr_selection=lr_selection)
+    cells = tables.at_train_size(every, train_size)
+    return cells, tables.table_rows(cells), every
 
 
 def check_claims(runs_dir, selection="best", lr_selection="mean", train_size=None):
@@ -152,8 +197,9 @@ def check_claims(runs_dir, selection="best", lr_selection="mean", train_size=Non
     return claims_from(*_rows(runs_dir, selection, lr_selection, train_size))
 
 
-def claims_from(cells, rows):
-    """check_claims on an aggregation already made (tables.aggregate, tables.table_rows)."""
+def claims_from(cells, rows, every=None):
+    """check_claims on an aggregation already made (tables.aggregate, tables.table_rows). `every`: the aggregation
+    before it was cut to one training size, for the training-size claims (default: `cells`)."""
     paper = tables.load_paper(3)
     results = []
     for model in sorted({m for m, _ in rows}):
@@ -170,7 +216,7 @@ def claims_from(cells, rows):
                     "random rows/columns (same budget) are below BitFit"),
             compare(rows, paper, model, "Frozen", "BitFit", lambda d: d <= -FAR,
                     f"Frozen is far below BitFit (by {FAR} points or more)"),
-        ] + heatmap_claims(cells, model)
+        ] + heatmap_claims(cells, model) + training_size_claims(every or cells, model)
         results += [(model, *c) for c in claims]
     return results
 
@@ -203,8 +249,8 @@ def main(argv=None):
     if args.out:  # before the runs are read: a directory, or a path under a file, is refused in one line
         check_writable(args.out, "--out", kind="file")
     # the runs are read once
-    cells, rows = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)
-    results = claims_from(cells, rows)
+    cells, rows, every = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)
+    results = claims_from(cells, rows, every)
     context = baseline_report(rows, args.data_dir) if args.data_dir else ()
     text = render(results, args.epoch_selection, context)
     if args.out:

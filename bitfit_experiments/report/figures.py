@@ -73,7 +73,7 @@ def bias_heatmaps(cells, out):
     return written
 
 
-def _headline(cell):
+def cell_headline(cell):
     """One number per cell (MNLI: mean of matched and mismatched) and its std, x100."""
     cols = list(cell["mean"])
     return statistics.fmean(cell["mean"][c] for c in cols), statistics.fmean(cell["std"][c] for c in cols)
@@ -97,11 +97,11 @@ def training_size_curves(cells, results_by_path, out):
                 if c["method"] == method:
                     # the true number of examples trained on (a "full" run records its whole training set)
                     n = results_by_path[c["runs"][0]].num_train_examples or c["train_size"]
-                    points.append((n, *_headline(c)))
+                    points.append((n, *cell_headline(c)))
                     runs = [results_by_path[p] for p in c["runs"]]
                     last = statistics.fmean(statistics.fmean(tables.run_scores(r, "last").values()) for r in runs)
                     epochs = statistics.fmean(len(r.epochs) for r in runs)
-                    table.setdefault(n, {})[method] = (*_headline(c), c["n"], c["lr"], last, epochs)
+                    table.setdefault(n, {})[method] = (*cell_headline(c), c["n"], c["lr"], last, epochs)
             if points:
                 points.sort()
                 xs, ys, es = zip(*points)
