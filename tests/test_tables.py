@@ -248,13 +248,14 @@ def test_claims_from_the_same_aggregation(tmp_path, capsys):
         "Frozen is far below BitFit": "HOLDS",
         "[rte] heatmap: b_k changes least": "HOLDS",
         "[rte] heatmap: b_q and b_m2 change most": "HOLDS",
+        "BitFit's generalization gap": "UNTESTED",  # no run evaluated its training set
     }
     detail = next(d for c, (s, d) in got.items() if c.startswith("BitFit matches"))
     assert "BitFit 71.0 vs Full-FT 70.0 (+1.0) over 1 tasks (rte)" in detail
     assert "paper (BERT-base) on the same tasks: BitFit 72.3 vs Full-FT 70.5" in detail
     claims.main([r, "--out", str(tmp_path / "claims.txt")])
     assert capsys.readouterr().out == (tmp_path / "claims.txt").read_text()
-    assert "summary: 6 holds, 2 fails, 1 untested" in (tmp_path / "claims.txt").read_text()
+    assert "summary: 6 holds, 2 fails, 2 untested" in (tmp_path / "claims.txt").read_text()
 
 
 def test_claims_flag_differences_within_seed_noise_and_report_majority_baselines(tmp_path, capsys):
@@ -318,6 +319,22 @@ def test_training_size_claims_read_the_whole_curve_even_when_the_table_shows_one
         make_run(r3, f"b{size}", "sst2", "bitfit", 1e-3, 0, [0.8], train_size=size)
         make_run(r3, f"f{size}", "sst2", "full_ft", 2e-5, 0, [0.8], train_size=size)
     assert not [c for _, c, _, _ in claims.check_claims(r3) if "training size" in c]
+
+
+def test_generalization_gap_claim_reads_train_and_dev_at_the_selected_epoch(tmp_path):
+    """Runs made with --eval-train: train minus dev at the epoch the tables select. BitFit's best epoch has gap 9,
+    its last epoch 39; Full-FT's 30 at both -- so the claim holds on best epochs and fails on last ones."""
+    from bitfit_experiments.report import claims
+    r = str(tmp_path)
+    make_run(r, "b", "rte", "bitfit", 1e-3, 0, [0.71, 0.60], train=[0.80, 0.99])
+    make_run(r, "f", "rte", "full_ft", 2e-5, 0, [0.70, 0.70], train=[1.00, 1.00])
+    make_run(r, "c", "cola", "bitfit", 1e-3, 0, [0.50])  # no training-set evaluation: left out of the claim
+    make_run(r, "d", "cola", "full_ft", 2e-5, 0, [0.50])
+    gap = lambda sel: next((s, d) for _, c, s, d in claims.check_claims(r, sel) if "generalization gap" in c)
+    status, detail = gap("best")
+    assert status == "HOLDS" and "BitFit 9.0 vs Full-FT 30.0 over 1 tasks (rte 9.0 vs 30.0)" in detail
+    status, detail = gap("last")
+    assert status == "FAILS" and "BitFit 39.0 vs Full-FT 30.0" in detail
 
 
 def test_lora_paper_table_uses_its_metrics_and_rows(tmp_path):

@@ -8,7 +8,8 @@ task) over the tasks BOTH compared methods have, so a missing task never tilts a
 than the seeds' own spread (mean over those tasks of the larger of the two std's) is flagged "within seed noise":
 such a HOLDS or FAILS says little either way.
 Where BitFit and Full-FT ran at 3 or more training sizes of a task, two claims read the curve as the paper reads
-its Figure 2: BitFit - Full-FT falls as the training set grows, and BitFit is ahead at the smallest size.
+its Figure 2: BitFit - Full-FT falls as the training set grows, and BitFit is ahead at the smallest size. Runs made
+with --eval-train also test the paper's generalization-gap remark (train minus dev, smaller for BitFit).
 The "close" and "far" thresholds below are ours -- the paper says "marginally lower", "much worse" in words.
 With the GLUE files (--data-dir, default $GLUE_DIR) the report ends with each task's majority-class baseline and
 every method's score beside it: a method at that baseline has not learned the task, whatever the claims say.
@@ -182,24 +183,50 @@ def training_size_claims(cells, model):
     return out
 
 
+def generalization_gap_claim(cells, records, model, selection):
+    """"the generalization gap -- the difference between training error and test error -- is substantially smaller
+    for the BitFit models": train minus dev headline metric at each run's selected epoch, mean over seeds, then over
+    the tasks where both methods' runs evaluated their training set (run_glue.py --eval-train)."""
+    claim = "BitFit's generalization gap (train - dev) is smaller than Full-FT's"
+    gaps = {}
+    for cell in table_cells(cells):
+        if cell["model"] != model or cell["method"] not in ("BitFit", "Full-FT"):
+            continue
+        runs = [records[p] for p in cell["runs"]]
+        picked = [r.best if selection == "best" else r.last for r in runs]
+        if all("train" in m for m in picked):
+            key, dev = runs[0].headline_metric, runs[0].eval_splits[0]
+            gaps.setdefault(cell["task"], {})[cell["method"]] = 100.0 * statistics.fmean(
+                m["train"][key] - m[dev][key] for m in picked)
+    tasks = [t for t in tables.PAPER_TASKS + ["wnli"] if len(gaps.get(t, {})) == 2]
+    if not tasks:
+        return claim, "UNTESTED", "no BitFit and Full-FT runs of one task both evaluated their training set (--eval-train)"
+    mean = {m: statistics.fmean(gaps[t][m] for t in tasks) for m in ("BitFit", "Full-FT")}
+    per_task = ", ".join(f"{t} {gaps[t]['BitFit']:.1f} vs {gaps[t]['Full-FT']:.1f}" for t in tasks)
+    return (claim, "HOLDS" if mean["BitFit"] < mean["Full-FT"] else "FAILS",
+            f"gap (points, at the selected epoch) BitFit {mean['BitFit']:.1f} vs Full-FT {mean['Full-FT']:.1f} over "
+            f"{len(tasks)} tasks ({per_task})")
+
+
 def _rows(runs_dir, selection, lr_selection="mean", train_size=None):
-    """-> (every cell, the cells at the table's training size, their table rows)."""
+    """-> (the cells at the table's training size, their table rows, every cell, {run path: RunRecord})."""
     runs, _ = tables.load_runs(runs_dir)
     if not runs:
         raise UsageError(f"no complete run under {runs_dir!r}; run a sweep first or point at its output directory")
     every = tables.aggregate(runs, selection, lr_selection=lr_selection)
     cells = tables.at_train_size(every, train_size)
-    return cells, tables.table_rows(cells), every
+    return cells, tables.table_rows(cells), every, {r["path"]: r["results"] for r in runs}
 
 
 def check_claims(runs_dir, selection="best", lr_selection="mean", train_size=None):
     """-> list of (model, claim, status, detail)."""
-    return claims_from(*_rows(runs_dir, selection, lr_selection, train_size))
+    return claims_from(*_rows(runs_dir, selection, lr_selection, train_size), selection=selection)
 
 
-def claims_from(cells, rows, every=None):
+def claims_from(cells, rows, every=None, records=None, selection="best"):
     """check_claims on an aggregation already made (tables.aggregate, tables.table_rows). `every`: the aggregation
-    before it was cut to one training size, for the training-size claims (default: `cells`)."""
+    before it was cut to one training size, for the training-size claims (default: `cells`); `records`: {run path:
+    RunRecord}, for the generalization gap (without it that claim is not made)."""
     paper = tables.load_paper(3)
     results = []
     for model in sorted({m for m, _ in rows}):
@@ -217,6 +244,8 @@ def claims_from(cells, rows, every=None):
             compare(rows, paper, model, "Frozen", "BitFit", lambda d: d <= -FAR,
                     f"Frozen is far below BitFit (by {FAR} points or more)"),
         ] + heatmap_claims(cells, model) + training_size_claims(every or cells, model)
+        if records is not None:
+            claims.append(generalization_gap_claim(cells, records, model, selection))
         results += [(model, *c) for c in claims]
     return results
 
@@ -249,8 +278,8 @@ def main(argv=None):
     if args.out:  # before the runs are read: a directory, or a path under a file, is refused in one line
         check_writable(args.out, "--out", kind="file")
     # the runs are read once
-    cells, rows, every = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)
-    results = claims_from(cells, rows, every)
+    cells, rows, every, records = _rows(args.runs_dir, args.epoch_selection, args.lr_selection, args.table_train_size)
+    results = claims_from(cells, rows, every, records, args.epoch_selection)
     context = baseline_report(rows, args.data_dir) if args.data_dir else ()
     text = render(results, args.epoch_selection, context)
     if args.out:
