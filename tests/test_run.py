@@ -124,3 +124,20 @@ def test_pad_to_max_length_pads_every_training_and_eval_batch(tmp_path, tiny_mod
     widths.clear()
     run(tiny_args(tmp_path / "p", tiny_model_dir, tiny_glue_dir, "-f", "bitfit", "--max-seq-length", "40"))
     assert widths == []  # the default path pads each batch to its own longest sequence
+
+
+@pytest.mark.parametrize("ftype", ["bitfit", "full_ft"])
+def test_evaluating_the_training_set_leaves_training_unchanged(tmp_path, tiny_model_dir, tiny_glue_dir, ftype):
+    """--eval-train only adds a "train" split to each epoch's evaluation: the same losses, dev metrics and trained
+    weights as without it (evaluation draws no random numbers and the data order depends only on seed and epoch), so
+    a committed run can be re-run with --eval-train to measure its generalization gap without changing it."""
+    from safetensors.torch import load_file
+    base = tiny_args(tmp_path / "a", tiny_model_dir, tiny_glue_dir, "-f", ftype, "-l", "1e-3", "--keep-checkpoint")
+    plain = run(base)
+    withtrain = run(tiny_args(tmp_path / "b", tiny_model_dir, tiny_glue_dir, "-f", ftype, "-l", "1e-3",
+                              "--keep-checkpoint", "--eval-train"))
+    assert [e.train_loss for e in plain.epochs] == [e.train_loss for e in withtrain.epochs]
+    assert [e.metrics["dev"] for e in plain.epochs] == [e.metrics["dev"] for e in withtrain.epochs]
+    assert all("train" in e.metrics and "train" not in p.metrics for e, p in zip(withtrain.epochs, plain.epochs))
+    a, b = (load_file(str(tmp_path / d / "checkpoint.safetensors")) for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
