@@ -313,6 +313,13 @@ def test_training_size_claims_read_the_whole_curve_even_when_the_table_shows_one
     status, detail = got["[sst2] training size: BitFit - Full-FT falls as the training set grows"]
     assert status == "FAILS" and "rank correlation with size +1.00; seeds' noise unknown" in detail
     assert got["[sst2] training size: BitFit is at or above Full-FT at the smallest size"][0] == "FAILS"
+    # a flat curve does not fall with size (and prints no nan)
+    r4 = str(tmp_path / "flat")
+    for size in (250, 500, 1000):
+        make_run(r4, f"b{size}", "sst2", "bitfit", 1e-3, 0, [0.8], train_size=size)
+        make_run(r4, f"f{size}", "sst2", "full_ft", 2e-5, 0, [0.8], train_size=size)
+    status, detail = next((s, d) for _, c, s, d in claims.check_claims(r4) if "falls as" in c)
+    assert status == "FAILS" and "rank correlation with size +0.00" in detail
     # two sizes are not a curve: no claim
     r3 = str(tmp_path / "two")
     for size in (250, 500):

@@ -165,7 +165,8 @@ def training_size_claims(cells, model):
             # the seeds' spread at this size: unknown with one seed per method
             noise[n] = max(b_std, f_std) if max(by_size[n][m]["n"] for m in ("BitFit", "Full-FT")) > 1 else None
         curve = ", ".join(f"{n:,} {diff[n]:+.1f}" for n in sizes)
-        rho = spearmanr(sizes, [diff[n] for n in sizes]).statistic
+        # a flat curve has no rank correlation (scipy: nan); it does not fall with size either
+        rho = spearmanr(sizes, [diff[n] for n in sizes]).statistic if len(set(diff.values())) > 1 else 0.0
         known = [v for v in noise.values() if v is not None]
         spread = max(diff.values()) - min(diff.values())
         flag = ("; seeds' noise unknown (one seed per cell)" if not known else
@@ -198,7 +199,7 @@ def generalization_gap_claim(cells, records, model, selection):
             key, dev = runs[0].headline_metric, runs[0].eval_splits[0]
             gaps.setdefault(cell["task"], {})[cell["method"]] = 100.0 * statistics.fmean(
                 m["train"][key] - m[dev][key] for m in picked)
-    tasks = [t for t in tables.PAPER_TASKS + ["wnli"] if len(gaps.get(t, {})) == 2]
+    tasks = [t for t in tables.PAPER_TASKS if len(gaps.get(t, {})) == 2]
     if not tasks:
         return claim, "UNTESTED", "no BitFit and Full-FT runs of one task both evaluated their training set (--eval-train)"
     mean = {m: statistics.fmean(gaps[t][m] for t in tasks) for m in ("BitFit", "Full-FT")}
