@@ -184,21 +184,20 @@ def training_size_claims(cells, model):
     return out
 
 
-def generalization_gap_claim(cells, records, model, selection):
+def generalization_gap_claim(rows, records, model, selection):
     """"the generalization gap -- the difference between training error and test error -- is substantially smaller
     for the BitFit models": train minus dev headline metric at each run's selected epoch, mean over seeds, then over
     the tasks where both methods' runs evaluated their training set (run_glue.py --eval-train)."""
     claim = "BitFit's generalization gap (train - dev) is smaller than Full-FT's"
     gaps = {}
-    for cell in table_cells(cells):
-        if cell["model"] != model or cell["method"] not in ("BitFit", "Full-FT"):
-            continue
-        runs = [records[p] for p in cell["runs"]]
-        picked = [r.best if selection == "best" else r.last for r in runs]
-        if all("train" in m for m in picked):
-            key, dev = runs[0].headline_metric, runs[0].eval_splits[0]
-            gaps.setdefault(cell["task"], {})[cell["method"]] = 100.0 * statistics.fmean(
-                m["train"][key] - m[dev][key] for m in picked)
+    for method in ("BitFit", "Full-FT"):
+        for task, cell in rows.get((model, method), {}).items():
+            runs = [records[p] for p in cell["runs"]]
+            picked = [r.best if selection == "best" else r.last for r in runs]
+            if all("train" in m for m in picked):
+                key, dev = runs[0].headline_metric, runs[0].eval_splits[0]
+                gaps.setdefault(task, {})[method] = 100.0 * statistics.fmean(
+                    m["train"][key] - m[dev][key] for m in picked)
     tasks = [t for t in tables.PAPER_TASKS if len(gaps.get(t, {})) == 2]
     if not tasks:
         return claim, "UNTESTED", "no BitFit and Full-FT runs of one task both evaluated their training set (--eval-train)"
@@ -246,7 +245,7 @@ def claims_from(cells, rows, every=None, records=None, selection="best"):
                     f"Frozen is far below BitFit (by {FAR} points or more)"),
         ] + heatmap_claims(cells, model) + training_size_claims(every or cells, model)
         if records is not None:
-            claims.append(generalization_gap_claim(cells, records, model, selection))
+            claims.append(generalization_gap_claim(rows, records, model, selection))
         results += [(model, *c) for c in claims]
     return results
 

@@ -354,12 +354,11 @@ def _tex(s):
 
 def _train_size_notes(rows):
     """One note per training-set size, not one per cell: which cells trained on a subset, and of how many examples."""
-    sizes = {(model, method, task): c["train_size"] for (model, method), row in rows.items() for task, c in row.items()}
-    if not any(n is not None for n in sizes.values()):
+    sizes = {c["train_size"] for row in rows.values() for c in row.values()}
+    if sizes <= {None}:
         return []
-    if len(set(sizes.values())) == 1:
-        return [f"every cell: trained on a seeded random subset of {next(iter(sizes.values()))} training examples "
-                f"(dev sets whole)."]
+    if len(sizes) == 1:
+        return [f"every cell: trained on a seeded random subset of {sizes.pop()} training examples (dev sets whole)."]
     notes = []
     for (model, method), row in rows.items():
         by_size = {}
