@@ -45,7 +45,7 @@ def test_all_three_figures(tmp_path):
     assert avg["families"]["query"] == [1.5, 3.0, 4.5]  # mean of scales 1 and 2, the 1e-4 run left out
     table = open(os.path.join(out, "train_size_bert-base-cased_rte.md")).read()
     # best epochs: +5.0; last epochs: 42 - 46 = -4.0; 1 and 3 epochs (dev scores chosen among)
-    assert "| 100 | 46.0 ± 0.0 (2 seeds, lr 2e-05) | 51.0 ± 0.0 (2 seeds, lr 0.001) | +5.0 | -4.0 | 1.0 / 3.0 |" in table
+    assert "| 100 | 46.0 ± 0.0 (2 seeds, lr 2e-5) | 51.0 ± 0.0 (2 seeds, lr 1e-3) | +5.0 | -4.0 | 1.0 / 3.0 |" in table
 
 
 def test_nothing_to_draw_is_not_an_error(tmp_path, capsys):

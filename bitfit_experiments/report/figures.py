@@ -17,6 +17,7 @@ import os
 import statistics
 
 from . import tables
+from .repro_plan import fmt_lr
 from ..core.errors import OneLineParser, UsageError, exit_on_usage_error
 from ..artifacts.io import atomic_save_figure, atomic_write_json, atomic_write_text, check_writable
 
@@ -129,8 +130,8 @@ def _train_size_table(model, task, metric, table):
              "BitFit |", "|---|---|---|---|---|---|"]
     for n in sorted(table):
         row = table[n]
-        cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f} ({row[m][2]} seeds, lr {row[m][3]:g})" if m in row else "missing"
-                 for m in ("Full-FT", "BitFit")]
+        cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f} ({row[m][2]} seed{'s' * (row[m][2] != 1)}, lr "
+                 f"{fmt_lr(row[m][3])})" if m in row else "missing" for m in ("Full-FT", "BitFit")]
         both = len(row) == 2
         diff = f"{row['BitFit'][0] - row['Full-FT'][0]:+.1f}" if both else ""
         last = f"{row['BitFit'][4] - row['Full-FT'][4]:+.1f}" if both else ""
