@@ -109,6 +109,10 @@ def training_size_curves(cells, results_by_path, out):
                 ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, ms=4, label=method)
         metric = results_by_path[group[0]["runs"][0]].headline_metric
         ax.set_xscale("log")
+        # one labelled tick per training size: matplotlib's log ticks (3x10^2, 4x10^2, ...) collide at these sizes
+        from matplotlib.ticker import NullFormatter
+        ax.set_xticks(sorted(table), [f"{n:,}" for n in sorted(table)])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("training examples")
         ax.set_ylabel(f"dev {metric} (x100)")
         ax.set_title(f"{task.upper()}, {model}:\nBitFit vs Full-FT by training size", fontsize=9)
